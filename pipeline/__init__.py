@@ -1,0 +1,14 @@
+"""avremix data pipeline: raw clips -> manifests -> indexed WebDataset feature shards.
+
+Modules by concern (as Lhotse splits them):
+
+- :mod:`pipeline.manifest`  clip records and manifest files
+- :mod:`pipeline.splits`    split files and seeded stratified splits
+- :mod:`pipeline.adapters`  CREMA-D, Kinetics-Sounds and CSV datasets -> manifests
+- :mod:`pipeline.synth`     the embedded default dataset (real encoded clips)
+- :mod:`pipeline.media`     decoding: video frames (decord), audio (ffmpeg)
+- :mod:`pipeline.features`  typed feature settings, frame and log-mel computation
+- :mod:`pipeline.shards`    paired ShardWriter/IndexWriter and IndexReader
+- :mod:`pipeline.extract`   the parallel, partitionable, deterministic extraction
+- :mod:`pipeline.params`    strict params.yaml loading
+"""
