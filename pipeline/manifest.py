@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -85,3 +86,11 @@ def write_classes(path: str | os.PathLike, class_names: Sequence[str]) -> None:
 def read_classes(path: str | os.PathLike) -> list[str]:
     """Read a class list written by :func:`write_classes`."""
     return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def shard_key(clip_id: str) -> str:
+    """The WebDataset key of a clip: every character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
+    return _KEY_UNSAFE.sub("_", clip_id)

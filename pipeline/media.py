@@ -5,9 +5,13 @@ be used, so the extractor can reject it and go on.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+import re
 import shutil
+
+import numpy as np
 
 
 class MediaError(Exception):
@@ -33,3 +37,98 @@ def ffmpeg_exe() -> str:
         if found:
             return found
     raise RuntimeError("no ffmpeg: install imageio-ffmpeg or set AVREMIX_FFMPEG")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What decord reports for a video stream."""
+
+    num_frames: int  # frames decord can index
+    fps: float  # average frame rate (frames/s)
+    width: int  # px
+    height: int  # px
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+def check_file(path: str, what: str) -> None:
+    """Raise MediaError unless ``path`` is a readable, non-empty regular file."""
+    if not os.path.exists(path):
+        raise MediaError(f"{what} file not found")
+    if not os.path.isfile(path):
+        raise MediaError(f"{what} path is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise MediaError(f"{what} file is not readable (permission denied)")
+    if os.path.getsize(path) == 0:
+        raise MediaError(f"{what} file is empty (0 bytes)")
+
+
+def frame_indices(info: VideoInfo, num_frames: int) -> list[int]:
+    """Indices of ``num_frames`` frames at evenly spaced times: the centres of equal segments.
+
+    For a 3 s clip and 3 frames that is 0.5 s, 1.5 s and 2.5 s, the field's one frame per
+    second.
+    """
+    times = [(i + 0.5) * info.duration_s / num_frames for i in range(num_frames)]
+    return [min(int(t * info.fps), info.num_frames - 1) for t in times]
+
+
+def decode_frames(path: str, num_frames: int) -> tuple[np.ndarray, VideoInfo]:
+    """Decode ``num_frames`` evenly spaced RGB frames of a video with decord.
+
+    Returns (frames [T, H, W, 3] uint8, info). Raises MediaError for a missing,
+    unreadable, corrupt or too short video.
+    """
+    import decord
+
+    check_file(path, "video")
+    try:
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        h, w = vr[0].shape[:2]
+        info = VideoInfo(num_frames=len(vr), fps=float(vr.get_avg_fps()), width=w, height=h)
+        if info.num_frames < num_frames:
+            raise MediaError(
+                f"video has {info.num_frames} decodable frame(s), fewer than num_frames={num_frames} (truncated?)"
+            )
+        frames = vr.get_batch(frame_indices(info, num_frames)).asnumpy()  # [T, H, W, 3]
+    except MediaError:
+        raise
+    except (RuntimeError, OSError, IndexError) as e:  # decord raises RuntimeError for corrupt input
+        raise MediaError(f"video cannot be decoded: {_first_line(e)}") from None
+    return frames, info
+
+
+def decode_audio(path: str, sample_rate: int) -> np.ndarray:
+    """Decode the first audio stream of ``path`` to mono float32 at ``sample_rate`` with ffmpeg.
+
+    Returns the waveform [S]. Raises MediaError for a missing file, no audio track,
+    undecodable or zero-length audio.
+    """
+    import ffmpeg
+
+    check_file(path, "audio")
+    try:
+        out, _ = (
+            ffmpeg.input(path)
+            .output("pipe:", map="0:a:0", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate)
+            .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1")
+            .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
+        )
+    except ffmpeg.Error as e:
+        msg = e.stderr.decode("utf-8", "replace")
+        if "matches no streams" in msg:
+            raise MediaError("no audio track") from None
+        raise MediaError(f"audio cannot be decoded: {_first_line(msg)}") from None
+    wave = np.frombuffer(out, dtype="<f4").copy()  # [S]
+    if wave.size == 0:
+        raise MediaError("audio has zero length")
+    return wave
+
+
+def _first_line(e: object) -> str:
+    """The first line of an error, without ffmpeg's ``[ctx @ 0xADDR]`` (it changes run to run)."""
+    text = re.sub(r"\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:200]

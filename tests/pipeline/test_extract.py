@@ -1,0 +1,253 @@
+"""Extraction on generated CREMA-D- and Kinetics-Sounds-layout clips: format, index, determinism, rejects."""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import io
+import json
+import shutil
+import tarfile
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from pipeline.adapters import prepare_dataset
+from pipeline.extract import ExtractionError, extract, merge_parts, plan_shards
+from pipeline.features import FeatureConfig
+from pipeline.manifest import read_manifest, write_classes, write_manifest
+from pipeline.shards import IndexReader
+from tests.conftest import is_root
+
+CFG = FeatureConfig(num_frames=2, short_side=32, n_mels=32, n_fft=256, hop_length=128, duration=1.5)
+SPLIT = dict(split_file=None, ratios=[0.5, 0.25, 0.25], val_fraction=0.2, group_disjoint=False, seed=0)
+
+
+def prepare(root: Path, dataset: str, out: Path) -> tuple[Path, Path]:
+    records, classes = prepare_dataset(dataset=dataset, root=str(root), **SPLIT)
+    write_manifest(out / "manifest.csv", records)
+    write_classes(out / "classes.txt", classes)
+    return out / "manifest.csv", out / "classes.txt"
+
+
+def run(manifest: Path, classes: Path, out: Path, **kw) -> dict:
+    args = dict(config=CFG, shard_size=3, workers=1, max_reject_fraction=0.5) | kw
+    return extract(manifest=manifest, classes=classes, out_dir=out, **args)
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every shard and the index, by name."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".tar", ".h5")}
+
+
+def samples_by_key(folder: Path) -> dict[str, dict[str, bytes]]:
+    out = {}
+    for url in sorted(glob.glob(str(folder / "*.tar"))):
+        for s in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+            out[s["__key__"]] = {k: v for k, v in s.items() if not k.startswith("__")}
+    return out
+
+
+@pytest.mark.parametrize("dataset,fixture", [("cremad", "cremad_raw"), ("kinetics_sounds", "kinetics_raw")])
+def test_extract_reads_back(dataset, fixture, request, tmp_path):
+    root = request.getfixturevalue(fixture)
+    manifest, classes = prepare(root, dataset, tmp_path)
+    stats = run(manifest, classes, tmp_path / "features")
+    index = IndexReader(tmp_path / "features" / "index.h5")
+    n_clips = len(read_manifest(manifest))
+    assert stats["rejects"]["count"] == 0 and len(index) == n_clips == stats["clips"]
+    assert sum(stats["samples"].values()) == n_clips
+
+    # vanilla WebDataset reads every sample, decoded
+    urls = sorted(glob.glob(str(tmp_path / "features" / "*.tar")))
+    seen = {}
+    for s in wds.WebDataset(urls, shardshuffle=False).decode("pil"):
+        seen[s["__key__"]] = s
+    assert set(seen) == set(index.keys)
+    for row, key in enumerate(index.keys):
+        s = seen[key]
+        assert s["mel.npy"].shape == CFG.mel_shape and s["mel.npy"].dtype == np.float16
+        frames = [k for k in s if k.startswith("frame")]
+        assert len(frames) == CFG.num_frames
+        assert min(s["frame0.jpg"].size) == CFG.short_side
+        assert s["cls"] == index.label[row]
+        meta = s["json"]
+        assert meta["clip_id"] == index.clip_ids[row] and meta["class_name"] == index.class_names[index.label[row]]
+        assert meta["fps"] > 0 and meta["duration"] > 0 and Path(meta["video"]).exists()
+
+    # every index offset points at the right bytes (checked against tarfile's own parse)
+    for row, key in enumerate(index.keys):
+        with tarfile.open(index.shard_path(row)) as tar:
+            for j, member in enumerate(index.members):
+                info = tar.getmember(f"{key}.{member}")
+                assert (info.offset_data, info.size) == (index.offset[row, j], index.size[row, j])
+                assert index.read_member(row, member) == tar.extractfile(info).read()
+    assert index.feature_params == dataclasses.asdict(CFG)
+    assert json.loads((tmp_path / "features" / "stats.json").read_text())["samples"] == stats["samples"]
+
+
+def test_plain_webdataset_decode(cremad_raw, tmp_path):
+    """`webdataset.WebDataset(url).decode()` with no handlers gives arrays, ints and dicts."""
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    run(manifest, classes, tmp_path / "f")
+    url = sorted(glob.glob(str(tmp_path / "f" / "train-*.tar")))[0]
+    s = next(iter(wds.WebDataset(url, shardshuffle=False).decode()))
+    assert isinstance(s["mel.npy"], np.ndarray) and isinstance(s["cls"], int) and isinstance(s["json"], dict)
+    assert Image.open(io.BytesIO(s["frame1.jpg"])).format == "JPEG"
+
+
+def test_workers_give_identical_bytes(cremad_raw, tmp_path):
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    run(manifest, classes, tmp_path / "w1", workers=1)
+    run(manifest, classes, tmp_path / "w2", workers=2)
+    one, two = tree_bytes(tmp_path / "w1"), tree_bytes(tmp_path / "w2")
+    assert len(one) > 3 and one == two
+    assert (tmp_path / "w1" / "rejects.csv").read_bytes() == (tmp_path / "w2" / "rejects.csv").read_bytes()
+
+
+def test_parts_merge_to_single_run_bytes(cremad_raw, tmp_path):
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    run(manifest, classes, tmp_path / "single", shard_size=2)
+    for i in range(3):
+        stats = run(manifest, classes, tmp_path / "parts", shard_size=2, part=f"{i}/3")
+        assert all(p.number % 3 == i for p in plan_shards(read_manifest(manifest), 2)
+                   if (tmp_path / "parts" / f"{p.split}-{p.number:06d}.tar").exists()) or i > 0
+    assert not (tmp_path / "parts" / "index.h5").exists()
+    merge_parts(out_dir=tmp_path / "parts", num_parts=3, max_reject_fraction=0.5)
+    assert tree_bytes(tmp_path / "single") == tree_bytes(tmp_path / "parts")
+    assert not (tmp_path / "parts" / "parts").exists()
+
+
+def test_part_extracts_only_its_shards(cremad_raw, tmp_path):
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    run(manifest, classes, tmp_path / "f", shard_size=2, part="1/2")
+    written = sorted(p.name for p in (tmp_path / "f").glob("*.tar"))
+    planned = [p for p in plan_shards(read_manifest(manifest), 2)]
+    assert written == sorted(f"{p.split}-{p.number:06d}.tar" for p in planned if p.number % 2 == 1)
+    with pytest.raises(ExtractionError, match="part 0/2 is not complete"):
+        merge_parts(out_dir=tmp_path / "f", num_parts=2, max_reject_fraction=0.5)
+
+
+def _write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes(samples.astype("<i2").tobytes())
+
+
+def test_bad_inputs_are_rejected_and_good_output_unchanged(cremad_raw, kinetics_raw, tmp_path):
+    # CREMA-D: a clean run, then the same tree with bad clips added beside the good ones
+    bad, clean_c = tmp_path / "bad_c", tmp_path / "clean_c"
+    shutil.copytree(cremad_raw, bad)
+    for d in ("mc", "mb", "mk", "mkb"):
+        (tmp_path / d).mkdir()
+    run(*prepare(bad, "cremad", tmp_path / "mc"), clean_c)
+    good_id = sorted(p.stem for p in (bad / "VideoFlash").glob("*.flv"))[0]
+    flv, wav = (bad / "VideoFlash" / f"{good_id}.flv").read_bytes(), (bad / "AudioWAV" / f"{good_id}.wav").read_bytes()
+
+    def add(clip_id, video=flv, audio=wav):
+        if video is not None:
+            (bad / "VideoFlash" / f"{clip_id}.flv").write_bytes(video)
+        if audio is not None:
+            (bad / "AudioWAV" / f"{clip_id}.wav").write_bytes(audio)
+
+    add("1090_DFA_NEU_XX", video=flv[: len(flv) // 10])  # truncated video
+    add("1090_IEO_NEU_XX", video=b"FLV\x01" + bytes(range(256)) * 8)  # corrupt video
+    add("1090_TIE_NEU_XX", audio=None)  # missing WAV
+    add("1090_IOM_NEU_XX", audio=b"")  # zero-length WAV file
+    add("1090_IWW_NEU_XX", audio=None)
+    _write_wav(bad / "AudioWAV" / "1090_IWW_NEU_XX.wav", np.zeros(16000))  # silent audio
+    add("1090_TAI_NEU_XX", audio=None)
+    _write_wav(bad / "AudioWAV" / "1090_TAI_NEU_XX.wav", np.zeros(0))  # WAV with no samples
+    add("1090_MTI_XYZ_XX")  # unknown label
+    add("1090_IWL_NEU_XX", audio=None)
+    (bad / "AudioWAV" / "1090_IWL_NEU_XX.wav").mkdir()  # unreadable: a folder where the file should be
+    add("1090_ITH_NEU_XX", video=None)  # missing video
+    expected = {
+        "1090_DFA_NEU_XX": "truncated",
+        "1090_IEO_NEU_XX": "video cannot be decoded",
+        "1090_TIE_NEU_XX": "audio file not found",
+        "1090_IOM_NEU_XX": "audio file is empty",
+        "1090_IWW_NEU_XX": "audio is silent",
+        "1090_TAI_NEU_XX": "audio has zero length",
+        "1090_MTI_XYZ_XX": "unknown label 'XYZ'",
+        "1090_IWL_NEU_XX": "audio path is not a regular file",
+        "1090_ITH_NEU_XX": "video file not found",
+    }
+    if not is_root():  # root reads any file, so permissions can only be tested as a user
+        add("1090_ITS_NEU_XX")
+        (bad / "AudioWAV" / "1090_ITS_NEU_XX.wav").chmod(0)
+        expected["1090_ITS_NEU_XX"] = "permission denied"
+    stats = run(*prepare(bad, "cremad", tmp_path / "mb"), tmp_path / "out_c", max_reject_fraction=0.9)
+    rejects = {r["clip_id"]: r for r in _csv(tmp_path / "out_c" / "rejects.csv")}
+    assert set(rejects) == set(expected)
+    for clip_id, reason in expected.items():
+        assert reason in rejects[clip_id]["reason"], (clip_id, rejects[clip_id])
+        assert clip_id in rejects[clip_id]["file"] or "XYZ" in clip_id
+    assert stats["rejects"]["count"] == len(expected)
+    _assert_same_samples(clean_c, tmp_path / "out_c")
+
+    # Kinetics-Sounds: an MP4 without an audio track, a truncated MP4
+    bad_k, clean_k = tmp_path / "bad_k", tmp_path / "clean_k"
+    shutil.copytree(kinetics_raw, bad_k)
+    run(*prepare(bad_k, "kinetics_sounds", tmp_path / "mk"), clean_k)
+    mp4 = sorted(bad_k.glob("train/*/*.mp4"))[0]
+    cls_dir = mp4.parent
+    from pipeline.media import ffmpeg_exe
+    import subprocess
+
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(mp4), "-an", "-c:v", "copy",
+                    str(cls_dir / "noaudio0000_000000_000010.mp4")], check=True)
+    (cls_dir / "truncated00_000000_000010.mp4").write_bytes(mp4.read_bytes()[:2000])
+    run(*prepare(bad_k, "kinetics_sounds", tmp_path / "mkb"), tmp_path / "out_k", max_reject_fraction=0.9)
+    rejects = {r["clip_id"]: r["reason"] for r in _csv(tmp_path / "out_k" / "rejects.csv")}
+    assert rejects.keys() == {"noaudio0000_000000_000010", "truncated00_000000_000010"}
+    assert rejects["noaudio0000_000000_000010"] == "no audio track"
+    assert "cannot be decoded" in rejects["truncated00_000000_000010"]
+    _assert_same_samples(clean_k, tmp_path / "out_k")
+
+
+def _csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_same_samples(clean: Path, other: Path) -> None:
+    """Every sample of the clean run is in the other run with the same features and metadata.
+
+    The seeded split is recomputed over the larger clip list, so only ``split`` may differ.
+    """
+    a, b = samples_by_key(clean), samples_by_key(other)
+    assert a and a.keys() <= b.keys()
+    for key, members in a.items():
+        meta_a, meta_b = json.loads(members.pop("json")), json.loads(b[key].pop("json"))
+        meta_a.pop("split"), meta_b.pop("split")
+        assert meta_a == meta_b and members == b[key], key
+
+
+def test_too_many_rejects_fail_and_write_nothing(cremad_raw, tmp_path):
+    bad = tmp_path / "raw"
+    shutil.copytree(cremad_raw, bad)
+    for p in sorted((bad / "AudioWAV").glob("*.wav"))[:3]:
+        p.unlink()
+    out = tmp_path / "features"
+    with pytest.raises(ExtractionError, match=r"3 of 12 clips rejected .* features.max_reject_fraction=0.1: see .*rejects.csv"):
+        run(*prepare(bad, "cremad", tmp_path), out, max_reject_fraction=0.1)
+    assert len(_csv(out / "rejects.csv")) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["rejects.csv"]  # no shard, no index, no temporary file
+
+
+def test_stale_temporary_and_shards_are_removed(cremad_raw, tmp_path):
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    out = tmp_path / "features"
+    out.mkdir()
+    (out / ".tmp-train-000000.tar").write_bytes(b"half a shard")
+    (out / "train-000099.tar").write_bytes(b"from a bigger dataset")
+    run(manifest, classes, out)
+    names = {p.name for p in out.iterdir()}
+    assert ".tmp-train-000000.tar" not in names and "train-000099.tar" not in names
+    assert "train-000000.tar" in names
