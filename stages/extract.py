@@ -5,6 +5,7 @@
     python stages/extract.py --merge 8       # after all 8 parts: index.h5, stats.json, rejects.csv
 """
 import argparse
+import logging
 
 from pipeline.extract import extract, merge_parts
 from pipeline.features import FeatureConfig
@@ -14,6 +15,7 @@ STAGE_KEYS = {"shard_size": int, "workers": int, "max_reject_fraction": (int, fl
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--part", default="0/1", help="i/N: extract the shards whose number is i mod N")

@@ -1,4 +1,5 @@
 """DVC stage `prepare`: a dataset tree (or CSV) -> data/manifest.csv and data/classes.txt."""
+import logging
 from collections import Counter
 
 from pipeline.adapters import prepare_dataset
@@ -10,6 +11,7 @@ KEYS = {"dataset": str, "root": str, "split_file": (str, type(None)), "ratios": 
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params()
     prep = check_keys(params["prepare"], "prepare", KEYS)
     records, class_names = prepare_dataset(seed=params["base"]["seed"], **prep)

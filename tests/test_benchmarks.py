@@ -1,0 +1,12 @@
+"""Smoke tests: the benchmark scripts run in their small mode and print their ratios (speed is not checked)."""
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_extract_benchmark_small_runs():
+    out = subprocess.run([sys.executable, "benchmarks/extract.py", "--small"], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| 2 |" in out.stdout and "extract / floor" in out.stdout and "loose / shards" in out.stdout

@@ -1,0 +1,72 @@
+"""A real `dvc repro` in a temporary git repository: reruns exactly what a change touches."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+TINY_SYNTH = dict(num_classes=3, clips_per_class=3, actors=2, min_duration_s=1.0, max_duration_s=1.5,
+                  width=64, height=48, fps=10, clutter=2, workers=1)
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1")
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def ran(output: str) -> list[str]:
+    """Stages that `dvc repro` ran (not those it skipped or restored)."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def edit_params(repo: Path, **changes) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        params.setdefault(section, {})[key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("dvcproj")
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, repo / name)
+    for name in ("stages", "pipeline"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    edit_params(repo, **{f"synth__{k}": v for k, v in TINY_SYNTH.items()}, features__workers=1,
+                features__short_side=32, unused__note=1)
+    return repo
+
+
+def test_repro_runs_then_skips_then_reruns_only_what_changed(project):
+    first = dvc(project, "repro")
+    assert ran(first) == ["synth", "prepare", "extract"]
+    assert (project / "features" / "index.h5").exists() and list((project / "features").glob("train-*.tar"))
+    assert (project / "dvc.lock").exists()
+
+    assert ran(dvc(project, "repro")) == []  # nothing changed: nothing runs
+
+    edit_params(project, features__num_frames=2)
+    assert ran(dvc(project, "repro")) == ["extract"]  # a features param: extract only
+
+    edit_params(project, unused__note=2)
+    assert ran(dvc(project, "repro")) == []  # a param no stage reads: nothing
+
+    edit_params(project, prepare__val_fraction=0.2, prepare__split_file=None)
+    out = dvc(project, "repro")
+    assert ran(out)[0] == "prepare" and "synth" not in ran(out)  # prepare, then extract if the manifest changed
