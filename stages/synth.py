@@ -10,7 +10,8 @@ def main() -> None:
     params = load_params()
     config = from_mapping(SynthConfig, params["synth"], "synth")
     summary = generate(out_dir="data/raw", seed=params["base"]["seed"], config=config)
-    print(f"synth: {summary}")
+    print(f"synth: {summary['clips']} {config.layout} clips, {len(summary['classes'])} classes, "
+          f"audio kinds {summary['per_kind']}, {summary['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
