@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	dvc repro
+	python -m train.report
 
 test: install
 	python -m pytest -q

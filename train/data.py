@@ -1,0 +1,238 @@
+"""The streaming reader: samples of the extracted shards, decoded and augmented, by index seeks.
+
+:class:`ShardDataset` is a map-style dataset over one split of an ``index.h5``
+(:class:`pipeline.shards.IndexReader`); item ``(i, m)`` reads sample ``i`` of the split
+(``index.indices(split)[i]``) with one open and one seek per member, never parsing a tar.
+Paired with :class:`train.sampler.RemixBatchSampler` as the DataLoader's
+``batch_sampler``, each worker reads whole batches whose samples lie in one or two
+shards. :func:`make_loader` builds that DataLoader.
+
+Item (a dict; the default collate stacks it into a batch):
+
+============  ====================  ==================================================
+key           type / shape          meaning
+============  ====================  ==================================================
+``mel``       float32 [1, F, L]     stored log-mel, ``(x - mel_mean) / mel_std``
+``frames``    float32 [T, 3, S, S]  RGB frames in [0, 1], ImageNet-normalised
+``label``     int                   class index
+``index``     int                   i, the sample's position in the split
+``modality``  int                   m, the assigned modality code, -1 = multimodal
+============  ====================  ==================================================
+
+Frame transforms (torchvision.transforms.v2 functional ops, on the [T, 3, H, W] stack):
+
+- train: RandomResizedCrop(S, scale=(0.5, 1), ratio=(3/4, 4/3)) then RandomHorizontalFlip
+  (p=0.5). The crop box and the flip are drawn ONCE per clip and applied to all T
+  frames, so the frames stay spatially aligned (the field's clip-level augmentation).
+  Random draws use torch's global RNG, which the DataLoader seeds per worker
+  (``torch.manual_seed`` in the main process makes a run reproducible).
+- eval: resize the short side to S (aspect kept), then center crop S x S: deterministic.
+
+Decoding is on the CPU by default. ``gpu_decode=True`` decodes the JPEGs with
+``torchvision.io.decode_jpeg(device="cuda")`` and transforms them there, only when
+``torch.cuda.is_available()``; it needs ``workers=0`` (CUDA does not work in forked
+DataLoader workers) and the item's ``frames`` then lie on the GPU.
+"""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as TF
+
+from pipeline.shards import IndexReader
+from train.sampler import MULTIMODAL
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_SCALE = (0.5, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+MEL_MEMBER = "mel.npy"
+
+
+def random_resized_crop_params(height: int, width: int, scale=CROP_SCALE, ratio=CROP_RATIO,
+                               generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop, torchvision's RandomResizedCrop algorithm.
+
+    Area a fraction in ``scale`` of the image, aspect ratio log-uniform in ``ratio``;
+    after 10 failed draws, the central crop of the clamped ratio.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def train_frames(frames: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 [T, 3, H, W] -> uint8 [T, 3, size, size]: one random resized crop and one flip for all T frames."""
+    top, left, h, w = random_resized_crop_params(frames.shape[-2], frames.shape[-1], generator=generator)
+    out = TF.resized_crop(frames, top, left, h, w, [size, size], antialias=True)
+    if torch.rand(1, generator=generator).item() < 0.5:
+        out = TF.horizontal_flip(out)
+    return out
+
+
+def eval_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [T, 3, H, W] -> uint8 [T, 3, size, size]: short side to ``size``, then center crop."""
+    return TF.center_crop(TF.resize(frames, [size], antialias=True), [size, size])
+
+
+def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, S, S] -> float32, scaled to [0, 1] then ImageNet-normalised."""
+    return TF.normalize(TF.to_dtype(frames, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def decode_mel(data: bytes) -> np.ndarray:
+    """``mel.npy`` bytes -> the stored float16 [F, L] array."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """One split of an extracted feature set, read by seeks; items as in the module docstring.
+
+    Args:
+        index: the index of the feature set (built once in the main process; workers
+            inherit it and open the shard files per read).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        train: random crop + flip (True) or the deterministic eval transform.
+        frame_size: S, the side of the square output frames.
+        mel_mean, mel_std: mel normalisation (see :func:`estimate_mel_stats`).
+        gpu_decode: decode JPEGs on the GPU when CUDA is available (workers=0 only).
+    """
+
+    def __init__(self, index: IndexReader, split: str, *, train: bool, frame_size: int,
+                 mel_mean: float = 0.0, mel_std: float = 1.0, gpu_decode: bool = False):
+        if split not in index.splits:
+            raise ValueError(f"unknown split {split!r}: the index has {index.splits}")
+        if frame_size < 1:
+            raise ValueError(f"frame_size must be >= 1, got {frame_size}")
+        if not mel_std > 0:
+            raise ValueError(f"mel_std must be > 0, got {mel_std}")
+        self.index = index
+        self.split = split
+        self.train = bool(train)
+        self.frame_size = int(frame_size)
+        self.mel_mean, self.mel_std = float(mel_mean), float(mel_std)
+        self.rows = index.indices(split)  # [N] index rows of the split, in index order
+        self.frame_members = tuple(m for m in index.members if m.startswith("frame") and m.endswith(".jpg"))
+        self.frame_members = tuple(sorted(self.frame_members, key=lambda m: int(m[len("frame"):-len(".jpg")])))
+        if MEL_MEMBER not in index.members or not self.frame_members:
+            raise ValueError(f"{index.path}: members {index.members} lack {MEL_MEMBER} or frames")
+        if gpu_decode and not torch.cuda.is_available():
+            warnings.warn("gpu_decode=True but CUDA is not available: decoding JPEGs on the CPU", stacklevel=2)
+        self.gpu_decode = bool(gpu_decode) and torch.cuda.is_available()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return (f"ShardDataset({self.index.path}, split={self.split!r}, N={len(self)}, train={self.train}, "
+                f"frame_size={self.frame_size})")
+
+    def shard_ids(self) -> np.ndarray:
+        """[N] shard id of each sample: the ``shard`` argument of the sampler."""
+        return self.index.shard[self.rows]
+
+    def labels(self) -> np.ndarray:
+        """[N] class index of each sample."""
+        return self.index.label[self.rows]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_members)
+
+    def decode_frames(self, members: dict[str, bytes]) -> torch.Tensor:
+        """The sample's JPEG members -> uint8 [T, 3, H, W] (on the GPU with ``gpu_decode``)."""
+        data = [torch.frombuffer(bytearray(members[m]), dtype=torch.uint8) for m in self.frame_members]
+        if self.gpu_decode:
+            if torch.utils.data.get_worker_info() is not None:
+                raise RuntimeError("gpu_decode needs workers=0: CUDA cannot be used in DataLoader workers")
+            return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda"))
+        return torch.stack([decode_jpeg(d, mode=ImageReadMode.RGB) for d in data])
+
+    def transform_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [T, 3, H, W] -> float32 [T, 3, S, S] with this dataset's (train or eval) transform."""
+        frames = train_frames(frames, self.frame_size) if self.train else eval_frames(frames, self.frame_size)
+        return normalize_frames(frames)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict:
+        if isinstance(item, (tuple, list)):
+            i, m = int(item[0]), int(item[1])
+        else:
+            i, m = int(item), MULTIMODAL
+        if not 0 <= i < len(self.rows):
+            raise IndexError(f"sample {i} out of range for the {len(self.rows)} samples of split {self.split!r}")
+        row = int(self.rows[i])
+        members = self.index.read_sample(row)
+        mel = torch.from_numpy(decode_mel(members[MEL_MEMBER]).astype(np.float32))
+        mel = ((mel - self.mel_mean) / self.mel_std).unsqueeze(0)  # [1, F, L]
+        frames = self.transform_frames(self.decode_frames(members))  # [T, 3, S, S]
+        return {"mel": mel, "frames": frames, "label": int(self.index.label[row]), "index": i, "modality": m}
+
+
+def make_loader(dataset: ShardDataset, batch_sampler, *, workers: int,
+                pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader that reads the batches of ``batch_sampler`` (default collate: dict of stacked tensors).
+
+    ``pin_memory`` defaults to ``torch.cuda.is_available()``; workers are persistent when
+    ``workers > 0`` (the sampler runs in the main process, so its epoch and assignment
+    still change between epochs; the dataset's settings, e.g. ``train``, are frozen in
+    the workers at the first iteration).
+    """
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    gpu = getattr(dataset, "gpu_decode", False)
+    if gpu and workers > 0:
+        raise ValueError("gpu_decode needs workers=0: CUDA cannot be used in DataLoader workers")
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available() and not gpu
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )
+
+
+def estimate_mel_stats(index: IndexReader, split: str = "train", max_samples: int = 256) -> tuple[float, float]:
+    """(mean, std) of all mel values of up to ``max_samples`` samples of ``split``.
+
+    The subset is deterministic: all samples, or ``max_samples`` evenly spaced over the
+    split's index order. A std of 0 (constant mels) is returned as 1.
+    """
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    rows = index.indices(split)
+    if rows.size == 0:
+        raise ValueError(f"split {split!r} of {index.path} has no samples")
+    if rows.size > max_samples:
+        rows = rows[np.linspace(0, rows.size - 1, max_samples).round().astype(np.int64)]
+    total = total_sq = count = 0.0
+    for row in rows:
+        mel = decode_mel(index.read_member(int(row), MEL_MEMBER)).astype(np.float64)
+        total += mel.sum()
+        total_sq += np.square(mel).sum()
+        count += mel.size
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    return float(mean), float(std) if std > 0 else 1.0

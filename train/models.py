@@ -1,0 +1,347 @@
+"""Per-modality encoders, unimodal heads and fusion heads for Data Remixing (K >= 2 modalities).
+
+Shape legend used in comments and docstrings:
+    B batch, T video frames, F mel bins, L mel frames, H/W frame height/width,
+    D feature dim (= 8 * width for the ResNet encoders), C classes, K modalities.
+
+The model (`AVModel`) has one encoder per modality, each followed by its own unimodal
+classification head Linear(D, C), and one fusion head mapping all features to fused logits.
+Modalities are identified by name; their order (`AVModel.modalities`) is the column order of
+the `keep` mask [B, K].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, conv1x1
+
+__all__ = [
+    "ResNetTrunk", "AudioEncoder", "VisualEncoder", "ENCODERS",
+    "Fusion", "ConcatFusion", "SumFusion", "DecisionFusion", "FiLMFusion", "GatedFusion", "FUSIONS",
+    "ModelOutput", "AVModel", "build_model", "MASK_MODES",
+]
+
+MASK_MODES = ("input", "feature")
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders
+# --------------------------------------------------------------------------------------------
+
+class ResNetTrunk(nn.Module):
+    """ResNet-18 topology (torchvision BasicBlock, layers [2, 2, 2, 2]) with base width `width`.
+
+    Stages have width, 2w, 4w, 8w channels; stem is conv7x7/2 + BN + ReLU + maxpool3x3/2 as in
+    torchvision. Maps [N, in_channels, h, w] -> [N, 8 * width] (global average pooling).
+    width=64 is the standard ResNet-18. Initialised as torchvision does (trained from scratch).
+    """
+
+    def __init__(self, in_channels: int, width: int = 64, layers: tuple[int, ...] = (2, 2, 2, 2)):
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(width, layers[0], stride=1)
+        self.layer2 = self._make_layer(2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(8 * width, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = 8 * width * BasicBlock.expansion
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes * BasicBlock.expansion, stride),
+                                       nn.BatchNorm2d(planes * BasicBlock.expansion))
+        mods = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * BasicBlock.expansion
+        mods += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:  # [N, c, h, w] -> [N, D]
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+class AudioEncoder(nn.Module):
+    """Log-mel [B, 1, F, L] (or [B, F, L]) -> [B, D], D = 8 * width; a one-channel ResNet-18."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.trunk = ResNetTrunk(in_channels=1, width=width)
+        self.feature_dim = self.trunk.feature_dim
+
+    def forward(self, mel: Tensor) -> Tensor:
+        if mel.dim() == 3:  # [B, F, L] -> [B, 1, F, L]
+            mel = mel.unsqueeze(1)
+        if mel.dim() != 4 or mel.shape[1] != 1:
+            raise ValueError(f"AudioEncoder expects [B, 1, F, L], got {tuple(mel.shape)}")
+        return self.trunk(mel)  # [B, D]
+
+
+class VisualEncoder(nn.Module):
+    """Frames [B, T, 3, H, W] -> [B, D]: a 2D ResNet-18 on every frame, features averaged over T."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.trunk = ResNetTrunk(in_channels=3, width=width)
+        self.feature_dim = self.trunk.feature_dim
+
+    def forward(self, frames: Tensor) -> Tensor:
+        if frames.dim() != 5:
+            raise ValueError(f"VisualEncoder expects [B, T, 3, H, W], got {tuple(frames.shape)}")
+        b, t = frames.shape[:2]
+        feats = self.trunk(frames.flatten(0, 1))  # [B*T, D]
+        return feats.view(b, t, -1).mean(dim=1)  # [B, D]
+
+
+# name -> encoder class called as cls(width); its output must be [B, 8 * width].
+ENCODERS: dict[str, Callable[[int], nn.Module]] = {"audio": AudioEncoder, "video": VisualEncoder}
+
+
+# --------------------------------------------------------------------------------------------
+# Fusions: dict[name, [B, D]] -> [B, C]
+# --------------------------------------------------------------------------------------------
+
+class Fusion(nn.Module):
+    """Base class: holds the ordered modality names and gathers features in that order."""
+
+    min_modalities = 1
+
+    def __init__(self, modalities: list[str], feature_dim: int, num_classes: int):
+        super().__init__()
+        self.modalities = list(modalities)
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"duplicate modality names: {self.modalities}")
+        if len(self.modalities) < self.min_modalities:
+            raise ValueError(f"{type(self).__name__} needs >= {self.min_modalities} modalities, "
+                             f"got {self.modalities}")
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+
+    def _gather(self, feats: dict[str, Tensor]) -> list[Tensor]:
+        missing = [m for m in self.modalities if m not in feats]
+        if missing:
+            raise KeyError(f"fusion is missing features for {missing}")
+        return [feats[m] for m in self.modalities]  # K x [B, D]
+
+
+class ConcatFusion(Fusion):
+    """Linear(K*D, C) over the concatenated features (the paper's default)."""
+
+    def __init__(self, modalities, feature_dim, num_classes):
+        super().__init__(modalities, feature_dim, num_classes)
+        self.fc = nn.Linear(len(self.modalities) * feature_dim, num_classes)
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        return self.fc(torch.cat(self._gather(feats), dim=1))  # [B, K*D] -> [B, C]
+
+
+class SumFusion(Fusion):
+    """Sum over modalities of a per-modality Linear(D, C) (OGM-GE's SumFusion)."""
+
+    def __init__(self, modalities, feature_dim, num_classes):
+        super().__init__(modalities, feature_dim, num_classes)
+        self.fc = nn.ModuleDict({m: nn.Linear(feature_dim, num_classes) for m in self.modalities})
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        self._gather(feats)
+        return torch.stack([self.fc[m](feats[m]) for m in self.modalities]).sum(0)  # [B, C]
+
+
+class DecisionFusion(Fusion):
+    """Late fusion: mean of per-modality Linear(D, C) logits (own linears, not the unimodal heads)."""
+
+    def __init__(self, modalities, feature_dim, num_classes):
+        super().__init__(modalities, feature_dim, num_classes)
+        self.fc = nn.ModuleDict({m: nn.Linear(feature_dim, num_classes) for m in self.modalities})
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        self._gather(feats)
+        return torch.stack([self.fc[m](feats[m]) for m in self.modalities]).mean(0)  # [B, C]
+
+
+class FiLMFusion(Fusion):
+    """FiLM (Perez et al. 2018): the first modality's features h0 [B, D] are modulated as
+    gamma * h0 + beta, with (gamma, beta) = Linear((K-1)*D, 2D)(concat of the others); then
+    Linear(D, C)."""
+
+    min_modalities = 2
+
+    def __init__(self, modalities, feature_dim, num_classes):
+        super().__init__(modalities, feature_dim, num_classes)
+        self.film = nn.Linear((len(self.modalities) - 1) * feature_dim, 2 * feature_dim)
+        self.fc_out = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        first, *others = self._gather(feats)
+        gamma, beta = self.film(torch.cat(others, dim=1)).chunk(2, dim=1)  # 2 x [B, D]
+        return self.fc_out(gamma * first + beta)  # [B, C]
+
+
+class GatedFusion(Fusion):
+    """OGM-GE's GatedFusion for K modalities: out = Linear(D, C)(sum_k sigmoid(G_k(mean_{j!=k} h_j))
+    * P_k(h_k)), with per-modality projections P_k, G_k: Linear(D, D)."""
+
+    min_modalities = 2
+
+    def __init__(self, modalities, feature_dim, num_classes):
+        super().__init__(modalities, feature_dim, num_classes)
+        self.proj = nn.ModuleDict({m: nn.Linear(feature_dim, feature_dim) for m in self.modalities})
+        self.gate = nn.ModuleDict({m: nn.Linear(feature_dim, feature_dim) for m in self.modalities})
+        self.fc_out = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        stacked = torch.stack(self._gather(feats))  # [K, B, D]
+        k = stacked.shape[0]
+        others_mean = (stacked.sum(0, keepdim=True) - stacked) / (k - 1)  # [K, B, D]: mean of j != k
+        fused = sum(torch.sigmoid(self.gate[m](others_mean[i])) * self.proj[m](stacked[i])
+                    for i, m in enumerate(self.modalities))  # [B, D]
+        return self.fc_out(fused)  # [B, C]
+
+
+# name -> class called as cls(modalities, feature_dim, num_classes)
+FUSIONS: dict[str, type[Fusion]] = {
+    "concat": ConcatFusion,
+    "sum": SumFusion,
+    "decision": DecisionFusion,
+    "film": FiLMFusion,
+    "gated": GatedFusion,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelOutput:
+    """fused [B, C]; unimodal: name -> [B, C] (unimodal heads on the (masked) features);
+    features: name -> [B, D] (after masking; zeros for skipped encoders)."""
+
+    fused: Tensor
+    unimodal: dict[str, Tensor]
+    features: dict[str, Tensor]
+
+
+class AVModel(nn.Module):
+    """K encoders (name -> module mapping its input to [B, D]), K unimodal heads Linear(D, C),
+    one fusion head (a `FUSIONS` name).
+
+    `self.modalities` is the order of `encoders` and the column order of `keep` [B, K].
+    """
+
+    def __init__(self, encoders: dict[str, nn.Module], feature_dim: int, num_classes: int,
+                 fusion: str = "concat"):
+        super().__init__()
+        if not encoders:
+            raise ValueError("at least one encoder is needed")
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose from {sorted(FUSIONS)}")
+        self.modalities: list[str] = list(encoders)
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        self.fusion_name = fusion
+        self.encoders = nn.ModuleDict(encoders)
+        self.heads = nn.ModuleDict({m: nn.Linear(feature_dim, num_classes) for m in self.modalities})
+        self.fusion = FUSIONS[fusion](self.modalities, feature_dim, num_classes)
+
+    def _check_keep(self, keep: Tensor | None, batch: int | None) -> Tensor | None:
+        if keep is None:
+            return None
+        if keep.dim() != 2 or keep.shape[1] != len(self.modalities):
+            raise ValueError(f"keep must be [B, K={len(self.modalities)}] (columns {self.modalities}), "
+                             f"got {tuple(keep.shape)}")
+        if batch is not None and keep.shape[0] != batch:
+            raise ValueError(f"keep has {keep.shape[0]} rows, inputs have batch {batch}")
+        return keep if keep.dtype == torch.bool else keep != 0
+
+    def _encode(self, name: str, x: Tensor) -> Tensor:
+        feat = self.encoders[name](x)
+        if feat.dim() != 2 or feat.shape[1] != self.feature_dim:
+            raise ValueError(f"encoder {name!r} returned {tuple(feat.shape)}, expected [B, {self.feature_dim}]")
+        return feat  # [B, D]
+
+    def _zeros(self, batch: int, device: torch.device) -> Tensor:
+        w = self.heads[self.modalities[0]].weight
+        return torch.zeros(batch, self.feature_dim, device=device, dtype=w.dtype)
+
+    def forward(self, inputs: dict[str, Tensor], keep: Tensor | None = None, mask: str = "input",
+                skip_masked: bool = False) -> ModelOutput:
+        """Encode, mask, classify.
+
+        inputs: name -> that encoder's input (first dim B). keep: bool [B, K], None = keep all.
+        mask="input": dropped samples' inputs are zeroed before the encoder (the paper's text);
+        mask="feature": the encoder outputs are zeroed (the official code).
+        skip_masked (mask="input" only): a modality dropped for the whole batch is not encoded at
+        all; its features are zeros and its encoder gets no gradient (grad stays None; use
+        find_unused_parameters=True under DDP). Its input may then be absent from `inputs`.
+        Modalities only partly dropped are input-masked as usual.
+        """
+        if mask not in MASK_MODES:
+            raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
+        if skip_masked and mask != "input":
+            raise ValueError("skip_masked=True is only valid with mask='input'")
+        present = [inputs[m] for m in self.modalities if m in inputs]
+        batch = present[0].shape[0] if present else None
+        keep = self._check_keep(keep, batch)
+        if batch is None:
+            if keep is None:
+                raise KeyError(f"no inputs for any of {self.modalities}")
+            batch = keep.shape[0]
+
+        features: dict[str, Tensor] = {}
+        for k, m in enumerate(self.modalities):
+            col = None if keep is None else keep[:, k]  # [B]
+            if skip_masked and col is not None and not bool(col.any()):
+                features[m] = self._zeros(batch, col.device)
+                continue
+            if m not in inputs:
+                raise KeyError(f"missing input for modality {m!r}")
+            x = inputs[m]
+            if col is not None and not bool(col.all()):
+                if mask == "input":
+                    x = x.masked_fill(~col.view(-1, *[1] * (x.dim() - 1)), 0)  # zero dropped samples
+                    features[m] = self._encode(m, x)
+                else:
+                    features[m] = self._encode(m, x).masked_fill(~col[:, None], 0)  # [B, D]
+            else:
+                features[m] = self._encode(m, x)
+
+        unimodal = {m: self.heads[m](features[m]) for m in self.modalities}  # name -> [B, C]
+        return ModelOutput(fused=self.fusion(features), unimodal=unimodal, features=features)
+
+    def predict_dropout(self, inputs: dict[str, Tensor], modality: str) -> Tensor:
+        """Fused-head logits [B, C] from `modality` alone: every other modality's features are
+        zeroed (the paper's 'unimodal prediction by dropout'). Only inputs[modality] is needed."""
+        if modality not in self.encoders:
+            raise KeyError(f"unknown modality {modality!r}; have {self.modalities}")
+        feat = self._encode(modality, inputs[modality])  # [B, D]
+        feats = {m: feat if m == modality else torch.zeros_like(feat) for m in self.modalities}
+        return self.fusion(feats)  # [B, C]
+
+
+def build_model(modalities: list[str], num_classes: int, width: int = 64,
+                fusion: str = "concat") -> AVModel:
+    """An AVModel with `ENCODERS[name](width)` per modality (in the given order), D = 8 * width."""
+    if len(set(modalities)) != len(modalities):
+        raise ValueError(f"duplicate modality names: {modalities}")
+    unknown = [m for m in modalities if m not in ENCODERS]
+    if unknown:
+        raise ValueError(f"no encoder registered for {unknown}; known: {sorted(ENCODERS)}")
+    encoders = {m: ENCODERS[m](width) for m in modalities}
+    return AVModel(encoders, feature_dim=8 * width, num_classes=num_classes, fusion=fusion)
