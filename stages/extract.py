@@ -1,8 +1,8 @@
 """DVC stage `extract`: data/manifest.csv -> features/ (shards, index.h5, stats.json, rejects.csv).
 
-    python stages/extract.py                 # what `dvc repro` runs: all shards, one machine
-    python stages/extract.py --part 3/8      # shards numbered 3 mod 8 only (one job of an array)
-    python stages/extract.py --merge 8       # after all 8 parts: index.h5, stats.json, rejects.csv
+    python -m stages.extract                 # what `dvc repro` runs: all shards, one machine
+    python -m stages.extract --part 3/8      # shards numbered 3 mod 8 only (one job of an array)
+    python -m stages.extract --merge 8       # after all 8 parts: index.h5, stats.json, rejects.csv
 """
 import argparse
 import logging

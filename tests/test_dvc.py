@@ -1,6 +1,7 @@
 """A real `dvc repro` in a temporary git repository: reruns exactly what a change touches."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,10 @@ from tests.conftest import REPO
 
 TINY_SYNTH = dict(num_classes=3, clips_per_class=3, actors=2, min_duration_s=1.0, max_duration_s=1.5,
                   width=64, height=48, fps=10, clutter=2, workers=1)
+
+
+TINY_TRAIN = dict(epochs=2, warmup_epochs=1, width=4, batch_size=8, frame_size=24, workers=0, guard="none")
+TRAIN_STAGES = {"train@baseline", "train@remix", "evaluate@baseline", "evaluate@remix"}
 
 
 def dvc(cwd: Path, *args: str) -> str:
@@ -43,26 +48,35 @@ def project(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("dvcproj")
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, repo / name)
-    for name in ("stages", "pipeline"):
+    for name in ("stages", "pipeline", "train"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc(repo, "init", "-q")
     dvc(repo, "config", "core.analytics", "false")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=repo, check=True)
     edit_params(repo, **{f"synth__{k}": v for k, v in TINY_SYNTH.items()}, features__workers=1,
-                features__short_side=32, unused__note=1)
+                features__short_side=32, unused__note=1, **{f"train__{k}": v for k, v in TINY_TRAIN.items()})
     return repo
 
 
 def test_repro_runs_then_skips_then_reruns_only_what_changed(project):
     first = dvc(project, "repro")
-    assert ran(first) == ["synth", "prepare", "extract"]
+    assert ran(first)[:3] == ["synth", "prepare", "extract"] and set(ran(first)[3:]) == TRAIN_STAGES
     assert (project / "features" / "index.h5").exists() and list((project / "features").glob("train-*.tar"))
     assert (project / "dvc.lock").exists()
+    for method in ("baseline", "remix"):
+        metrics = json.loads((project / "runs" / method / "metrics.json").read_text())
+        assert metrics["method"] == method and 0 <= metrics["acc_fused"] <= 1
 
     assert ran(dvc(project, "repro")) == []  # nothing changed: nothing runs
 
     edit_params(project, features__num_frames=2)
-    assert ran(dvc(project, "repro")) == ["extract"]  # a features param: extract only
+    out = ran(dvc(project, "repro"))
+    assert out[0] == "extract" and set(out[1:]) == TRAIN_STAGES  # a features param: extract and what reads it
+
+    edit_params(project, train__lr=0.002)
+    assert set(ran(dvc(project, "repro"))) == TRAIN_STAGES  # a train param: train and evaluate only
 
     edit_params(project, unused__note=2)
     assert ran(dvc(project, "repro")) == []  # a param no stage reads: nothing

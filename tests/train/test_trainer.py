@@ -1,0 +1,82 @@
+"""Training for real on tiny generated data (CPU): warm-up and remix epochs, scores file, metrics."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.shards import IndexReader
+from tests.train.test_data import extracted_features
+from train.evaluate import evaluate, macro_f1
+from train.models import build_model
+from train.remix import ScoresFile
+from train.trainer import TrainConfig, frozen_norm_stats, imbalance_ratio, keep_mask, train
+
+TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none")
+
+
+@pytest.mark.parametrize("mask", ["input", "feature"])
+def test_remix_trains_and_scores_every_epoch(cremad_raw, tmp_path_factory, tmp_path, mask):
+    features = extracted_features(cremad_raw, tmp_path_factory)
+    cfg = TrainConfig(**TINY, mask=mask)
+    summary = train(index_path=features / "index.h5", out_dir=tmp_path / "remix" / "train", method="remix",
+                    config=cfg, seed=0)
+    n_train = summary["train_samples"]
+    scores = ScoresFile(tmp_path / "remix" / "train" / "scores.h5", modalities=cfg.modalities,
+                        num_samples=n_train, fingerprint=_fingerprint(features))
+    assert scores.epochs() == [1, 2]  # every epoch after the warm-up
+    for epoch in scores.epochs():
+        kl, assign = scores.read(epoch)
+        assert kl.shape == (n_train, 2) and (kl >= 0).all()
+        assert np.array_equal(assign, kl.argmin(1))
+        row = summary["history"][epoch]
+        counts = [row["assigned_audio"], row["assigned_video"]]
+        assert counts == np.bincount(assign, minlength=2).tolist() and sum(counts) == n_train
+    assert [h["phase"] for h in summary["history"]] == ["warmup", "remix", "remix"]
+    best = summary["best"]
+    assert best["val_fused"] == max(h["val_fused"] for h in summary["history"])  # selected on val, all epochs
+
+    metrics = evaluate(index_path=features / "index.h5", run_dir=tmp_path / "remix")
+    on_disk = json.loads((tmp_path / "remix" / "metrics.json").read_text())
+    assert on_disk == metrics and metrics["epoch"] == best["epoch"] and metrics["split"] == "test"
+    assert {"acc_fused", "acc_audio", "acc_video", "macro_f1", "imbalance_ratio"} <= metrics.keys()
+    assert (tmp_path / "remix" / "eval" / "plots" / "sklearn" / "confusion_matrix.json").exists()
+
+
+def test_baseline_never_scores(cremad_raw, tmp_path_factory, tmp_path):
+    features = extracted_features(cremad_raw, tmp_path_factory)
+    summary = train(index_path=features / "index.h5", out_dir=tmp_path / "b", method="baseline",
+                    config=TrainConfig(**TINY), seed=0)
+    assert all(h["phase"] == "warmup" for h in summary["history"]) and not (tmp_path / "b" / "scores.h5").exists()
+
+
+def test_keep_mask():
+    keep = keep_mask(torch.tensor([-1, 0, 1, 2]), 3)
+    assert keep.tolist() == [[True, True, True], [True, False, False], [False, True, False], [False, False, True]]
+
+
+def test_masked_encoder_keeps_its_batchnorm_statistics():
+    model = build_model(["audio", "video"], 3, width=4, fusion="concat").train()
+    before = {k: v.clone() for k, v in model.encoders["video"].state_dict().items() if "running" in k}
+    inputs = {"audio": torch.randn(2, 1, 16, 24), "video": torch.randn(2, 2, 3, 24, 24)}
+    keep = torch.tensor([[True, False], [True, False]])
+    with frozen_norm_stats(model, ["video"]):
+        model(inputs, keep=keep, mask="input").fused.sum().backward()
+    after = model.encoders["video"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.encoders["video"].training  # restored
+    assert any(p.grad is not None for p in model.encoders["video"].parameters())  # gradients still flow
+
+
+def test_metric_helpers():
+    y, p = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0])
+    # per class F1: c0 2*1/(2+2)=0.5, c1 2*2/(3+2)=0.8, c2 0
+    assert macro_f1(y, p, 3) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert imbalance_ratio({"audio": 0.9, "video": 0.5}, ["audio", "video"], 4) == pytest.approx(0.65 / 0.25)
+    assert imbalance_ratio({"audio": 0.9, "video": 0.2}, ["audio", "video"], 4) == float("inf")
+
+
+def _fingerprint(features):
+    from train.remix import dataset_fingerprint
+
+    return dataset_fingerprint(IndexReader(features / "index.h5"))
