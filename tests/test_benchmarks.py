@@ -10,3 +10,11 @@ def test_extract_benchmark_small_runs():
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| 2 |" in out.stdout and "extract / floor" in out.stdout and "loose / shards" in out.stdout
+
+
+def test_remix_quality_small_runs(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/remix_quality.py", "--small", "--out", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| only_video |" in out.stdout and "| remix, guard extend_warmup |" in out.stdout
+    assert (tmp_path / "remix_quality_small.json").exists()

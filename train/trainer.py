@@ -35,7 +35,7 @@ from train.sampler import RemixBatchSampler
 
 log = logging.getLogger(__name__)
 
-METHODS = ("baseline", "remix")
+METHODS = ("baseline", "remix")  # plus "only_<modality>": that encoder and its head alone (the laziness probe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"train.{key}: {getattr(self, key)!r} is not one of {allowed}")
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in METHODS and m.removeprefix("only_") not in self.modalities]
         if bad or not self.methods:
             raise ValueError(f"train.methods: {bad or '[]'} not in {METHODS}")
         if len(self.modalities) < 2 or len(set(self.modalities)) != len(self.modalities):
@@ -179,9 +179,10 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
     """
     from dvclive import Live
 
-    if method not in config.methods and method not in METHODS:
-        raise ValueError(f"method {method!r} not in {METHODS}")
     cfg, mods, k = config, list(config.modalities), len(config.modalities)
+    only = method.removeprefix("only_") if method.startswith("only_") else None
+    if method not in METHODS and only not in mods:
+        raise ValueError(f"method {method!r}: not one of {METHODS} or only_<one of {mods}>")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
@@ -215,8 +216,8 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
     scores = ScoresFile(out_dir / "scores.h5", modalities=mods, num_samples=n_train,
                         fingerprint=dataset_fingerprint(index)) if method == "remix" else None
     chance = 1.0 / num_classes
-    warmup_end = cfg.warmup_epochs if method == "remix" else cfg.epochs
-    best = {"val_fused": -1.0}
+    warmup_end = cfg.warmup_epochs if method == "remix" else cfg.epochs  # phase "warmup" = multimodal batches
+    best: dict = {}
     warmup_best = -1.0
     history = []
     with Live(str(out_dir / "live"), save_dvc_exp=False, dvcyaml=None) as live:
@@ -236,6 +237,8 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
                 score_s = time.perf_counter() - ts
             else:
                 sampler.set_assignment(None, k)
+            if only is not None:  # every sample keeps just this modality
+                sampler.set_assignment(np.full(n_train, mods.index(only)), k)
             sampler.set_epoch(epoch)
             model.train()
             losses = []
@@ -247,11 +250,14 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
                 if cfg.ablation == "reassemble":
                     keep = torch.ones_like(keep)
                 dropped = [m for j, m in enumerate(mods) if not keep[:, j].any()]  # masked for the whole batch
-                skip = cfg.skip_masked and cfg.mask == "input" and bool(dropped)
+                skip = (cfg.skip_masked and cfg.mask == "input" or only is not None) and bool(dropped)
                 with frozen_norm_stats(model, [] if skip else dropped):
-                    out = model(inputs, keep=keep if not keep.all() else None, mask=cfg.mask, skip_masked=skip)
+                    out = model(inputs, keep=keep if not keep.all() else None, mask="input" if only else cfg.mask,
+                                skip_masked=skip)
                 loss = F.cross_entropy(out.fused, y)
-                if (m_code < 0).all():  # multimodal batch: eq. 1
+                if only is not None:  # unimodal training: the head of the one modality
+                    loss = F.cross_entropy(out.unimodal[only], y)
+                elif (m_code < 0).all():  # multimodal batch: eq. 1
                     loss = loss + cfg.alpha * sum(F.cross_entropy(out.unimodal[m], y) for m in mods)
                 else:  # remix batch(es): each sample adds its assigned modality's loss
                     for j, m in enumerate(mods):
@@ -277,8 +283,9 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
             live.next_step()
             log.info("%s epoch %d %s: loss %.3f val fused %.3f %s assigned %s", method, epoch, row["phase"],
                      row["loss"], acc["fused"], " ".join(f"{m} {acc[m]:.3f}" for m in mods), counts)
-            if acc["fused"] > best["val_fused"]:
-                best = {"epoch": epoch, **{f"val_{kk}": v for kk, v in acc.items()}}
+            select = acc[only] if only is not None else acc["fused"]
+            if select > best.get("val_select", -1.0):
+                best = {"epoch": epoch, "val_select": select, **{f"val_{kk}": v for kk, v in acc.items()}}
                 torch.save({"model": model.state_dict(), "epoch": epoch, "config": dataclasses.asdict(cfg),
                             "method": method, "modalities": mods, "class_names": list(index.class_names),
                             "mel_mean": mel_mean, "mel_std": mel_std}, out_dir / ".tmp-model.pt")
@@ -286,7 +293,7 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
             if not remixing:
                 warmup_best = max(warmup_best, acc["fused"])
                 weak = [m for m in mods if acc[m] < chance + cfg.guard_margin]
-                if method == "remix" and epoch == warmup_end - 1 and weak:
+                if method == "remix" and epoch == warmup_end - 1 and weak:  # (only_* and baseline never remix)
                     if cfg.guard == "extend_warmup" and warmup_end < cfg.warmup_epochs + cfg.guard_max_extra_epochs \
                             and warmup_end < cfg.epochs:
                         warmup_end += 1

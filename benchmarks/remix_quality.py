@@ -1,0 +1,117 @@
+"""Baseline against Data Remixing on the embedded dataset: mean ± std over seeds, and the laziness probe.
+
+    python benchmarks/remix_quality.py                 # on features/ from `make demo`; 3 seeds; writes benchmarks/results/
+    python benchmarks/remix_quality.py --small         # CI smoke test: tiny generated set, 2 epochs, 1 seed
+
+Runs, per seed, with the `train` params of params.yaml:
+- `baseline` (joint training), `remix` (Data Remixing), `only_video` (the video encoder trained alone):
+  modality laziness shows as the baseline's video head (its encoder probed with its head) doing
+  clearly worse than `only_video`;
+- on a variant of the data whose video is nearly uninformative (`--weak-contrast`, the paper's
+  stated limitation): baseline, remix without guard, remix with the `extend_warmup` guard.
+Prints Markdown tables of test accuracy (fused, audio-only, video-only) and training time per run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.adapters import prepare_dataset
+from pipeline.extract import extract
+from pipeline.features import FeatureConfig
+from pipeline.manifest import write_classes, write_manifest
+from pipeline.params import load_params
+from pipeline.synth import SynthConfig, generate
+from train.evaluate import evaluate
+from train.trainer import TrainConfig, train
+
+
+def make_features(out: Path, synth: SynthConfig, features: FeatureConfig, seed: int, prepare: dict) -> Path:
+    generate(out_dir=out / "raw", seed=seed, config=synth)
+    records, classes = prepare_dataset(root=str(out / "raw"), seed=seed, **prepare)
+    write_manifest(out / "manifest.csv", records)
+    write_classes(out / "classes.txt", classes)
+    extract(manifest=out / "manifest.csv", classes=out / "classes.txt", out_dir=out / "features", config=features,
+            shard_size=256, workers=2, max_reject_fraction=0.05)
+    return out / "features" / "index.h5"
+
+
+def run(index: Path, out: Path, method: str, config: TrainConfig, seed: int) -> dict:
+    start = time.perf_counter()
+    train(index_path=index, out_dir=out / "train", method=method, config=config, seed=seed)
+    seconds = time.perf_counter() - start
+    return {**evaluate(index_path=index, run_dir=out), "train_s": seconds}
+
+
+def fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(results: dict[str, list[dict]], title: str) -> str:
+    lines = [f"### {title}", "", "| run | fused acc | audio-only acc | video-only acc | train time (s) |",
+             "|---|---|---|---|---|"]
+    for name, rs in results.items():
+        lines.append(f"| {name} | {fmt([r['acc_fused'] for r in rs])} | {fmt([r['acc_audio'] for r in rs])} | "
+                     f"{fmt([r['acc_video'] for r in rs])} | {statistics.mean(r['train_s'] for r in rs):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--weak-contrast", type=float, default=0.03, help="synth.video_contrast of the weak-video variant")
+    ap.add_argument("--small", action="store_true", help="tiny generated set, 2 epochs, 1 seed (smoke test)")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    params = load_params()
+    config = TrainConfig.from_params(params["train"])
+    feats = FeatureConfig.from_params({k: v for k, v in params["features"].items()
+                                       if k not in ("shard_size", "workers", "max_reject_fraction")})
+    synth = dataclasses.replace(SynthConfig(**params["synth"]), workers=2)
+    prepare = dict(params["prepare"])
+    prepare.pop("root")
+    seeds = args.seeds
+    if args.small:
+        seeds = [0]
+        synth = dataclasses.replace(synth, num_classes=3, clips_per_class=8, actors=4, width=64, height=48)
+        config = dataclasses.replace(config, epochs=2, warmup_epochs=1, width=4, frame_size=24, workers=0)
+        feats = dataclasses.replace(feats, short_side=32)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.small or not Path("features/index.h5").exists():
+            index = make_features(tmp / "main", synth, feats, params["base"]["seed"], prepare)
+        else:
+            index = Path("features/index.h5")
+        weak_index = make_features(tmp / "weak", dataclasses.replace(synth, video_contrast=args.weak_contrast),
+                                   feats, params["base"]["seed"], prepare)
+        main_runs = {"baseline": [], "remix": [], "only_video": []}
+        weak_runs = {"baseline": [], "remix, guard none": [], "remix, guard extend_warmup": []}
+        for seed in seeds:
+            for method in main_runs:
+                main_runs[method].append(run(index, tmp / f"{method}-{seed}", method, config, seed))
+            for name in weak_runs:
+                method = name.split(",")[0]
+                cfg = dataclasses.replace(config, guard=name.split("guard ")[1]) if "guard" in name else config
+                weak_runs[name].append(run(weak_index, tmp / f"weak-{method}-{seed}-{cfg.guard}", method, cfg, seed))
+    header = (f"seeds {seeds}, {config.epochs} epochs ({config.warmup_epochs} warm-up), width {config.width}, "
+              f"{platform.machine()}, {time.strftime('%Y-%m-%d')}")
+    text = "\n\n".join([header, table(main_runs, "embedded dataset (test accuracy, mean ± std over seeds)"),
+                        table(weak_runs, f"weak-video variant, synth.video_contrast={args.weak_contrast}")])
+    print(text)
+    (out / ("remix_quality_small.md" if args.small else "remix_quality.md")).write_text(text + "\n")
+    (out / ("remix_quality_small.json" if args.small else "remix_quality.json")).write_text(
+        json.dumps({"main": main_runs, "weak": weak_runs}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
