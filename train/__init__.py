@@ -1,1 +1,10 @@
-"""The streaming Data Remixing trainer (issue 3): not implemented yet; this package only reserves the name."""
+"""avremix trainer: models, the remix batch sampler, the shard reader, Data Remixing scoring, training, evaluation.
+
+- :mod:`train.models`    ResNet-18 encoders (torchvision blocks), unimodal heads, fusions
+- :mod:`train.sampler`   :class:`RemixBatchSampler`: modality-pure, shard-local batches from metadata
+- :mod:`train.data`      :class:`ShardDataset`: seek-based reads from the shards, transforms, loaders
+- :mod:`train.remix`     KL-to-uniform scoring, weakest-modality assignment, the scores file
+- :mod:`train.trainer`   one training loop for every method (baseline, remix, only_<modality>)
+- :mod:`train.evaluate`  test metrics of a selected checkpoint
+- :mod:`train.report`    the comparison table ``make demo`` prints
+"""
