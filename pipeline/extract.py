@@ -147,13 +147,18 @@ def _map(fn, items: list, workers: int):
         yield from pool.imap(fn, items, chunksize=2)
 
 
-def _clean_stale(out_dir: Path, keep_shards: set[str] | None) -> None:
-    """Remove ``.tmp-*`` leftovers of a killed run; with ``keep_shards`` (a single run), also
-    shards not in it and the ``parts/`` of an earlier partitioned run."""
-    if keep_shards is not None and (out_dir / "parts").is_dir():
+def _clean_stale(out_dir: Path, own: set[str], single: bool) -> None:
+    """Remove the ``.tmp-`` leftovers of a killed run of these shards (``own``).
+
+    A single run also removes every other ``.tmp-`` file, shards not in its plan and the
+    ``parts/`` of an earlier partitioned run; a part leaves other parts' files alone, since
+    they may be writing into the same folder right now.
+    """
+    if single and (out_dir / "parts").is_dir():
         shutil.rmtree(out_dir / "parts")
     for p in out_dir.iterdir():
-        if p.name.startswith(".tmp-") or (keep_shards is not None and SHARD_RE.match(p.name) and p.name not in keep_shards):
+        tmp_of = p.name.removeprefix(".tmp-") if p.name.startswith(".tmp-") else None
+        if (tmp_of is not None and (single or tmp_of in own)) or (single and SHARD_RE.match(p.name) and p.name not in own):
             p.unlink()
 
 
@@ -211,7 +216,7 @@ def extract(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plans = [p for p in plan_shards(records, shard_size) if p.number % n == i]
-    _clean_stale(out_dir, {shard_name(p.split, p.number) for p in plans} if n == 1 else None)
+    _clean_stale(out_dir, {shard_name(p.split, p.number) for p in plans}, single=n == 1)
     items = [rec for p in plans for rec in p.records]
     fn = functools.partial(process_clip, cfg=config, num_classes=len(class_names))
     F.log_mel(np.zeros(config.num_samples, np.float32), config)  # import torch(audio) once, before forking

@@ -251,3 +251,14 @@ def test_stale_temporary_and_shards_are_removed(cremad_raw, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert ".tmp-train-000000.tar" not in names and "train-000099.tar" not in names
     assert "train-000000.tar" in names
+
+
+def test_a_part_leaves_other_parts_temporary_files_alone(cremad_raw, tmp_path):
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    out = tmp_path / "features"
+    out.mkdir()
+    (out / ".tmp-train-000000.tar").write_bytes(b"part 0 is writing this right now")  # shard 0: part 0's
+    (out / ".tmp-train-000001.tar").write_bytes(b"left by a killed run of part 1")
+    run(manifest, classes, out, shard_size=2, part="1/2")
+    assert (out / ".tmp-train-000000.tar").exists() and not (out / ".tmp-train-000001.tar").exists()
+    assert (out / "train-000001.tar").exists() and not (out / "train-000000.tar").exists()
