@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import features as F
+from pipeline.fileio import atomic_path
 from pipeline.manifest import SPLITS, ClipRecord, read_classes, read_manifest, shard_key
 from pipeline.media import MediaError, decode_audio, decode_frames
 from pipeline.shards import IndexReader, IndexRow, ShardEntry, ShardWriter, shard_name, write_index
@@ -167,12 +168,10 @@ def _reject_order(r: Reject) -> tuple[int, str]:
 
 
 def _write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow([fl.name for fl in dataclasses.fields(Reject)])
         w.writerows(dataclasses.astuple(r) for r in rejects)
-    os.replace(tmp, path)
 
 
 def _read_rejects(path: Path) -> list[Reject]:
@@ -181,9 +180,8 @@ def _read_rejects(path: Path) -> list[Reject]:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _check_rejects(n_rejects: int, n_clips: int, max_fraction: float, rejects_path: Path) -> None:

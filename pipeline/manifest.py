@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from pipeline.fileio import atomic_path
+
 SPLITS = ("train", "val", "test")  # every prepared dataset has all three
 
 
@@ -46,15 +48,12 @@ class ManifestError(ValueError):
 
 def write_manifest(path: str | os.PathLike, records: Iterable[ClipRecord]) -> None:
     """Write ``records`` as CSV, atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(FIELDS)
         for r in records:
             w.writerow(dataclasses.astuple(r))
-    os.replace(tmp, path)
 
 
 def read_manifest(path: str | os.PathLike) -> list[ClipRecord]:
@@ -76,11 +75,9 @@ def read_manifest(path: str | os.PathLike) -> list[ClipRecord]:
 
 def write_classes(path: str | os.PathLike, class_names: Sequence[str]) -> None:
     """Write the class list, one name per line, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
 
 
 def read_classes(path: str | os.PathLike) -> list[str]:

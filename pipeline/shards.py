@@ -48,6 +48,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.fileio import atomic_path
 from pipeline.manifest import SPLITS
 
 FORMAT_VERSION = 1
@@ -159,10 +160,8 @@ def write_index(
     shards = sorted(shards, key=lambda s: (split_code[s.split], s.number))
     shard_row = {(s.split, s.number): i for i, s in enumerate(shards)}
     rows = sorted(rows, key=lambda r: (split_code[r.split], r.shard_number, r.position))
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
     m = len(members)
-    with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["splits"] = json.dumps(list(SPLITS))
         f.attrs["members"] = json.dumps(list(members))
@@ -183,7 +182,6 @@ def write_index(
         f.create_dataset("shard_samples", data=np.array([s.samples for s in shards], np.int32), **ds)
         f.create_dataset("shard_bytes", data=np.array([s.bytes for s in shards], np.int64), **ds)
         _str_dataset(f, "shard_sha256", [s.sha256 for s in shards])
-    os.replace(tmp, path)
 
 
 class IndexReader:

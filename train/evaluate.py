@@ -9,10 +9,9 @@ import numpy as np
 import torch
 
 from pipeline.shards import IndexReader
-from train.data import ShardDataset, make_loader
+from train.data import ShardDataset
 from train.models import build_model
-from train.sampler import RemixBatchSampler
-from train.trainer import TrainConfig, accuracies, imbalance_ratio, pick_device, predict
+from train.trainer import TrainConfig, accuracies, imbalance_ratio, multimodal_loader, pick_device, predict
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
@@ -42,9 +41,8 @@ def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split
     model.load_state_dict(ckpt["model"])
     ds = ShardDataset(index, split, train=False, frame_size=cfg.frame_size, mel_mean=ckpt["mel_mean"],
                       mel_std=ckpt["mel_std"])
-    sampler = RemixBatchSampler(ds.shard_ids(), batch_size=64, drop_last=False, seed=0)
-    sampler.set_assignment(None, len(mods))
-    pred = predict(model, make_loader(ds, sampler, workers=cfg.workers), mods, device, cfg.unimodal_pred)
+    loader = multimodal_loader(ds, batch_size=64, workers=cfg.workers, num_modalities=len(mods))
+    pred = predict(model, loader, mods, device, cfg.unimodal_pred)
     acc = accuracies(pred, mods)
     y, y_hat = pred["label"], pred["fused"].argmax(1)
     metrics = {"method": ckpt["method"], "epoch": ckpt["epoch"], "split": split, "samples": int(len(y)),

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from pipeline.fileio import atomic_path
 from pipeline.params import from_mapping
 from pipeline.shards import IndexReader
 from train.data import ShardDataset, estimate_mel_stats, make_loader
@@ -103,6 +104,13 @@ def _inputs(batch: dict, modalities: list[str], device: torch.device) -> dict[st
     return {m: batch[key.get(m, m)].to(device, non_blocking=True) for m in modalities}
 
 
+def multimodal_loader(dataset: ShardDataset, *, batch_size: int, workers: int, num_modalities: int, seed: int = 0):
+    """A loader over a whole split with every modality present (evaluation and scoring passes)."""
+    sampler = RemixBatchSampler(dataset.shard_ids(), batch_size=batch_size, drop_last=False, seed=seed)
+    sampler.set_assignment(None, num_modalities)
+    return make_loader(dataset, sampler, workers=workers)
+
+
 def keep_mask(modality: torch.Tensor, k: int) -> torch.Tensor:
     """[B] modality codes (-1 = all) -> [B, K] bool: which modalities each sample keeps."""
     keep = F.one_hot(modality.clamp_min(0).long(), k).bool()
@@ -134,7 +142,7 @@ def predict(model, loader, modalities: list[str], device, unimodal_pred: str = "
     model.eval()
     out: dict[str, list] = {"fused": [], **{m: [] for m in modalities}}
     index, labels = [], []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     for batch in loader:
         inputs = _inputs(batch, modalities, device)
         with autocast:
@@ -149,14 +157,6 @@ def predict(model, loader, modalities: list[str], device, unimodal_pred: str = "
     result = {k: torch.cat(v)[order].numpy() for k, v in out.items()}
     result["label"] = torch.cat(labels)[order].numpy()
     return result
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def accuracies(pred: dict[str, np.ndarray], modalities: list[str]) -> dict[str, float]:
@@ -199,12 +199,8 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
                                 seed=seed, order=cfg.order, pure=cfg.ablation != "decouple")
     loader = make_loader(ds["train"], sampler, workers=cfg.workers)
 
-    def eval_loader(dataset):
-        s = RemixBatchSampler(dataset.shard_ids(), batch_size=max(cfg.batch_size, 64), drop_last=False, seed=seed)
-        s.set_assignment(None, k)
-        return make_loader(dataset, s, workers=cfg.workers)
-
-    val_loader, score_loader = eval_loader(ds["val"]), eval_loader(score_ds)
+    val_loader, score_loader = (multimodal_loader(d, batch_size=max(cfg.batch_size, 64), workers=cfg.workers,
+                                                  num_modalities=k, seed=seed) for d in (ds["val"], score_ds))
     model = build_model(mods, num_classes, cfg.width, cfg.fusion).to(device)
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -286,10 +282,10 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
             select = acc[only] if only is not None else acc["fused"]
             if select > best.get("val_select", -1.0):
                 best = {"epoch": epoch, "val_select": select, **{f"val_{kk}": v for kk, v in acc.items()}}
-                torch.save({"model": model.state_dict(), "epoch": epoch, "config": dataclasses.asdict(cfg),
-                            "method": method, "modalities": mods, "class_names": list(index.class_names),
-                            "mel_mean": mel_mean, "mel_std": mel_std}, out_dir / ".tmp-model.pt")
-                os.replace(out_dir / ".tmp-model.pt", out_dir / "model.pt")
+                with atomic_path(out_dir / "model.pt") as tmp:
+                    torch.save({"model": model.state_dict(), "epoch": epoch, "config": dataclasses.asdict(cfg),
+                                "method": method, "modalities": mods, "class_names": list(index.class_names),
+                                "mel_mean": mel_mean, "mel_std": mel_std}, tmp)
             if not remixing:
                 warmup_best = max(warmup_best, acc["fused"])
                 weak = [m for m in mods if acc[m] < chance + cfg.guard_margin]
