@@ -4,9 +4,10 @@
     python benchmarks/remix_quality.py --small         # CI smoke test: tiny generated set, 2 epochs, 1 seed
 
 Runs, per seed, with the `train` params of params.yaml:
-- `baseline` (joint training), `remix` (Data Remixing), `only_video` (the video encoder trained alone):
-  modality laziness shows as the baseline's video head (its encoder probed with its head) doing
-  clearly worse than `only_video`;
+- `baseline` (joint training on the fused loss; its video head is a linear probe of the video
+  encoder on detached features), `baseline, eq. 1 loss` (the baseline trained with the warm-up
+  loss, unimodal losses included), `remix` (Data Remixing), `only_video` (the video encoder trained
+  alone): modality laziness shows as the baseline's video head doing clearly worse than `only_video`;
 - on a variant of the data whose video is nearly uninformative (`--weak-contrast`, the paper's
   stated limitation): baseline, remix without guard, remix with the `extend_warmup` guard.
 Prints Markdown tables of test accuracy (fused, audio-only, video-only) and training time per run.
@@ -94,15 +95,17 @@ def main() -> None:
             index = Path("features/index.h5")
         weak_index = make_features(tmp / "weak", dataclasses.replace(synth, video_contrast=args.weak_contrast),
                                    feats, params["base"]["seed"], prepare)
-        main_runs = {"baseline": [], "remix": [], "only_video": []}
-        weak_runs = {"baseline": [], "remix, guard none": [], "remix, guard extend_warmup": []}
+        main_specs = {"baseline": ("baseline", {}), "baseline, eq. 1 loss": ("baseline", {"baseline_loss": "eq1"}),
+                      "remix": ("remix", {}), "only_video": ("only_video", {})}
+        weak_specs = {"baseline": ("baseline", {}), "remix, guard none": ("remix", {"guard": "none"}),
+                      "remix, guard extend_warmup": ("remix", {"guard": "extend_warmup"})}
+        main_runs = {name: [] for name in main_specs}
+        weak_runs = {name: [] for name in weak_specs}
         for seed in seeds:
-            for method in main_runs:
-                main_runs[method].append(run(index, tmp / f"{method}-{seed}", method, config, seed))
-            for name in weak_runs:
-                method = name.split(",")[0]
-                cfg = dataclasses.replace(config, guard=name.split("guard ")[1]) if "guard" in name else config
-                weak_runs[name].append(run(weak_index, tmp / f"weak-{method}-{seed}-{cfg.guard}", method, cfg, seed))
+            for runs, specs, idx, tag in ((main_runs, main_specs, index, "main"), (weak_runs, weak_specs, weak_index, "weak")):
+                for j, (name, (method, overrides)) in enumerate(specs.items()):
+                    cfg = dataclasses.replace(config, **overrides)
+                    runs[name].append(run(idx, tmp / f"{tag}-{j}-{seed}", method, cfg, seed))
     header = (f"seeds {seeds}, {config.epochs} epochs ({config.warmup_epochs} warm-up), width {config.width}, "
               f"{platform.machine()}, {time.strftime('%Y-%m-%d')}")
     text = "\n\n".join([header, table(main_runs, "embedded dataset (test accuracy, mean ± std over seeds)"),

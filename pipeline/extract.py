@@ -153,8 +153,12 @@ def _clean_stale(out_dir: Path, own: set[str], single: bool) -> None:
 
     A single run also removes every other ``.tmp-`` file, shards not in its plan and the
     ``parts/`` of an earlier partitioned run; a part leaves other parts' files alone, since
-    they may be writing into the same folder right now.
+    they may be writing into the same folder right now. Every run removes an earlier run's
+    ``index.h5`` and ``stats.json``: they describe shards this run is about to delete or replace,
+    so a run killed part-way must not leave them beside shards they do not describe.
     """
+    for name in ("index.h5", "stats.json"):
+        (out_dir / name).unlink(missing_ok=True)
     if single and (out_dir / "parts").is_dir():
         shutil.rmtree(out_dir / "parts")
     for p in out_dir.iterdir():

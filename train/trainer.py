@@ -5,9 +5,12 @@ Shapes: B batch, K modalities, C classes, N samples of a split.
 Per epoch: the remix phase first scores every training sample (eval mode, no augmentation)
 with the unimodal heads (or by dropout), assigns each to its weakest modality and writes the
 scores file; the sampler then streams modality-pure batches from those assignments with the
-other modalities masked. Warm-up epochs and the baseline train on full multimodal batches with
+other modalities masked. Warm-up epochs train on full multimodal batches with
 L = L_fused + alpha * sum_k L_k (paper eq. 1); remix batches of modality k use
-L = L_fused + gamma * L_k. The checkpoint is selected on validation over every epoch, warm-up
+L = L_fused + gamma * L_k. The baseline is joint training with L = L_fused (``baseline_loss: fused``,
+the field's baseline, whose encoders get no unimodal loss): its unimodal heads are trained on detached
+features, a linear probe of each encoder that never moves it; ``baseline_loss: eq1`` trains it
+with the warm-up loss instead. The checkpoint is selected on validation over every epoch, warm-up
 included; test is evaluated once, on the selected checkpoint, by the evaluate stage.
 """
 from __future__ import annotations
@@ -48,15 +51,16 @@ class TrainConfig:
     fusion: str = "concat"  # concat | sum | decision | film | gated
     width: int = 16  # ResNet-18 base width (64 = standard)
     epochs: int = 16  # total epochs, warm-up included
-    warmup_epochs: int = 4  # multimodal warm-up epochs before remixing
+    warmup_epochs: int = 6  # multimodal warm-up epochs before remixing
     batch_size: int = 32  # global batch (samples)
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 1e-4  # AdamW / SGD weight decay
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
     schedule: str = "cosine"  # cosine | constant, over all epochs
-    alpha: float = 0.5  # warm-up / baseline weight of each unimodal loss (paper alpha = beta = 0.5)
+    alpha: float = 0.5  # warm-up weight of each unimodal loss (paper eq. 1: alpha = beta = 0.5)
+    baseline_loss: str = "fused"  # fused: L_fused, heads as probes on detached features | eq1: as warm-up
     gamma: float = 1.0  # remix weight of the assigned modality's unimodal loss
-    mask: str = "input"  # input (paper text) | feature (official code): where other modalities are zeroed
+    mask: str = "feature"  # feature (official code) | input (paper text): where other modalities are zeroed
     order: str = "sequential"  # sequential (official code) | interleaved: order of the modality subsets
     ablation: str = "full"  # full | decouple (masking, mixed batches) | reassemble (pure batches, no masking)
     unimodal_pred: str = "heads"  # heads | dropout: how the scoring pass gets unimodal predictions
@@ -73,7 +77,7 @@ class TrainConfig:
         choices = {"fusion": ("concat", "sum", "decision", "film", "gated"), "optimizer": ("adamw", "sgd"),
                    "schedule": ("cosine", "constant"), "mask": ("input", "feature"),
                    "order": ("sequential", "interleaved"), "ablation": ("full", "decouple", "reassemble"),
-                   "unimodal_pred": ("heads", "dropout"), "guard": ("none", "extend_warmup"),
+                   "unimodal_pred": ("heads", "dropout"), "baseline_loss": ("fused", "eq1"), "guard": ("none", "extend_warmup"),
                    "device": ("auto", "cpu", "cuda")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -129,6 +133,23 @@ def frozen_norm_stats(model, modalities: list[str]):
     finally:
         for e in encoders:
             e.train()
+
+
+def step_loss(model, out, y: torch.Tensor, m_code: torch.Tensor, *, method: str, config: TrainConfig) -> torch.Tensor:
+    """The loss of one batch. out: the model's output; y [B] labels; m_code [B] assigned modality (-1 = all)."""
+    mods = list(config.modalities)
+    if method.startswith("only_"):  # unimodal training: the head of the one modality
+        return F.cross_entropy(out.unimodal[method.removeprefix("only_")], y)
+    loss = F.cross_entropy(out.fused, y)
+    if method == "baseline" and config.baseline_loss == "fused":  # joint training; the heads are linear probes
+        return loss + sum(F.cross_entropy(model.heads[m](out.features[m].detach()), y) for m in mods)
+    if (m_code < 0).all():  # multimodal batch: eq. 1
+        return loss + config.alpha * sum(F.cross_entropy(out.unimodal[m], y) for m in mods)
+    for j, m in enumerate(mods):  # remix batch(es): each sample adds its assigned modality's loss
+        sel = m_code == j
+        if sel.any():
+            loss = loss + config.gamma * F.cross_entropy(out.unimodal[m][sel], y[sel], reduction="sum") / len(y)
+    return loss
 
 
 def seed_everything(seed: int) -> None:
@@ -250,16 +271,7 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
                 with frozen_norm_stats(model, [] if skip else dropped):
                     out = model(inputs, keep=keep if not keep.all() else None, mask="input" if only else cfg.mask,
                                 skip_masked=skip)
-                loss = F.cross_entropy(out.fused, y)
-                if only is not None:  # unimodal training: the head of the one modality
-                    loss = F.cross_entropy(out.unimodal[only], y)
-                elif (m_code < 0).all():  # multimodal batch: eq. 1
-                    loss = loss + cfg.alpha * sum(F.cross_entropy(out.unimodal[m], y) for m in mods)
-                else:  # remix batch(es): each sample adds its assigned modality's loss
-                    for j, m in enumerate(mods):
-                        sel = m_code == j
-                        if sel.any():
-                            loss = loss + cfg.gamma * F.cross_entropy(out.unimodal[m][sel], y[sel], reduction="sum") / len(y)
+                loss = step_loss(model, out, y, m_code, method=method, config=cfg)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

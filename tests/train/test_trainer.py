@@ -10,7 +10,7 @@ from tests.train.test_data import extracted_features
 from train.evaluate import evaluate, macro_f1
 from train.models import build_model
 from train.remix import ScoresFile
-from train.trainer import TrainConfig, frozen_norm_stats, imbalance_ratio, keep_mask, train
+from train.trainer import TrainConfig, frozen_norm_stats, imbalance_ratio, keep_mask, step_loss, train
 
 TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none")
 
@@ -48,6 +48,36 @@ def test_baseline_never_scores(cremad_raw, tmp_path_factory, tmp_path):
     summary = train(index_path=features / "index.h5", out_dir=tmp_path / "b", method="baseline",
                     config=TrainConfig(**TINY), seed=0)
     assert all(h["phase"] == "warmup" for h in summary["history"]) and not (tmp_path / "b" / "scores.h5").exists()
+
+
+def _encoder_grads(method: str, m_code: list[int], **config) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build_model(["audio", "video"], 3, width=4, fusion="concat").eval()
+    inputs = {"audio": torch.randn(4, 1, 16, 24), "video": torch.randn(4, 2, 3, 24, 24)}
+    out = model(inputs)
+    loss = step_loss(model, out, torch.tensor([0, 1, 2, 0]), torch.tensor(m_code), method=method,
+                     config=TrainConfig(**config))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_baseline_heads_are_probes_that_never_move_the_encoders():
+    fused_only = _encoder_grads("baseline", [-1] * 4, baseline_loss="fused")
+    eq1 = _encoder_grads("baseline", [-1] * 4, baseline_loss="eq1")
+    torch.manual_seed(0)  # L_fused alone, for reference
+    model = build_model(["audio", "video"], 3, width=4, fusion="concat").eval()
+    out = model({"audio": torch.randn(4, 1, 16, 24), "video": torch.randn(4, 2, 3, 24, 24)})
+    torch.nn.functional.cross_entropy(out.fused, torch.tensor([0, 1, 2, 0])).backward()
+    for name, p in model.named_parameters():
+        if name.startswith("encoders."):  # encoders: exactly the fused loss's gradient
+            assert torch.allclose(fused_only[name], p.grad, atol=1e-7), name
+            assert not torch.allclose(eq1[name], p.grad, atol=1e-6) or p.grad.abs().max() == 0, name
+    assert all(fused_only[f"heads.{m}.weight"].abs().sum() > 0 for m in ("audio", "video"))  # the probes learn
+
+
+def test_remix_loss_adds_only_the_assigned_modality():
+    grads = _encoder_grads("remix", [0, 0, 0, 0])  # all audio: the video head gets no gradient
+    assert "heads.video.weight" not in grads and grads["heads.audio.weight"].abs().sum() > 0
 
 
 def test_keep_mask():
