@@ -117,10 +117,11 @@ class ShardDataset(torch.utils.data.Dataset):
         frame_size: S, the side of the square output frames.
         mel_mean, mel_std: mel normalisation (see :func:`estimate_mel_stats`).
         gpu_decode: decode JPEGs on the GPU when CUDA is available (workers=0 only).
+        seed: seeds the training augmentation with the epoch and sample (:meth:`augmentation_generator`).
     """
 
     def __init__(self, index: IndexReader, split: str, *, train: bool, frame_size: int,
-                 mel_mean: float = 0.0, mel_std: float = 1.0, gpu_decode: bool = False):
+                 mel_mean: float = 0.0, mel_std: float = 1.0, gpu_decode: bool = False, seed: int = 0):
         if split not in index.splits:
             raise ValueError(f"unknown split {split!r}: the index has {index.splits}")
         if frame_size < 1:
@@ -130,6 +131,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self.index = index
         self.split = split
         self.train = bool(train)
+        self.seed = int(seed)
         self.frame_size = int(frame_size)
         self.mel_mean, self.mel_std = float(mel_mean), float(mel_std)
         self.rows = index.indices(split)  # [N] index rows of the split, in index order
@@ -169,23 +171,33 @@ class ShardDataset(torch.utils.data.Dataset):
             return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda"))
         return torch.stack([decode_jpeg(d, mode=ImageReadMode.RGB) for d in data])
 
-    def transform_frames(self, frames: torch.Tensor) -> torch.Tensor:
+    def transform_frames(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> float32 [T, 3, S, S] with this dataset's (train or eval) transform."""
-        frames = train_frames(frames, self.frame_size) if self.train else eval_frames(frames, self.frame_size)
+        frames = (train_frames(frames, self.frame_size, generator) if self.train
+                  else eval_frames(frames, self.frame_size))
         return normalize_frames(frames)
 
-    def __getitem__(self, item: tuple[int, int] | int) -> dict:
+    def augmentation_generator(self, epoch: int, i: int) -> torch.Generator:
+        """The random stream of sample ``i``'s training augmentation in ``epoch``: a function of
+        (seed, epoch, i) alone, so a resumed run, any worker count and any rank draw the same crops."""
+        state = np.random.SeedSequence([self.seed, epoch, i]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(state >> np.uint64(1)))
+
+    def __getitem__(self, item: tuple[int, ...] | int) -> dict:
+        """``item``: ``(i, m, epoch)`` from the sampler, ``(i, m)`` (epoch 0) or ``i`` (multimodal, epoch 0)."""
         if isinstance(item, (tuple, list)):
             i, m = int(item[0]), int(item[1])
+            epoch = int(item[2]) if len(item) > 2 else 0
         else:
-            i, m = int(item), MULTIMODAL
+            i, m, epoch = int(item), MULTIMODAL, 0
         if not 0 <= i < len(self.rows):
             raise IndexError(f"sample {i} out of range for the {len(self.rows)} samples of split {self.split!r}")
         row = int(self.rows[i])
         members = self.index.read_sample(row)
         mel = torch.from_numpy(decode_mel(members[MEL_MEMBER]).astype(np.float32))
         mel = ((mel - self.mel_mean) / self.mel_std).unsqueeze(0)  # [1, F, L]
-        frames = self.transform_frames(self.decode_frames(members))  # [T, 3, S, S]
+        generator = self.augmentation_generator(epoch, i) if self.train else None
+        frames = self.transform_frames(self.decode_frames(members), generator)  # [T, 3, S, S]
         return {"mel": mel, "frames": frames, "label": int(self.index.label[row]), "index": i, "modality": m}
 
 

@@ -45,9 +45,10 @@ Distributed training and DataLoader workers:
   order, to one worker, round-robin. That worker reads and decodes every sample of the
   batch and collates it; the loader returns batches in sampler order.
 
-Items are ``(i, m)``: ``i`` the position of the sample in the ``shard`` array (the split's
-sample list, i.e. ``index.indices(split)[i]`` is its index row) and ``m`` its modality
-code, or -1 for multimodal.
+Items are ``(i, m, epoch)``: ``i`` the position of the sample in the ``shard`` array (the
+split's sample list, i.e. ``index.indices(split)[i]`` is its index row), ``m`` its modality
+code, or -1 for multimodal, and the epoch (it seeds the sample's augmentation, so a resumed
+run draws the same crops); :meth:`global_batches` gives ``(i, m)`` pairs.
 """
 from __future__ import annotations
 
@@ -212,9 +213,9 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         for _, b in batches:
             part = np.array_split(b, self.world_size)[self.rank]
             if assigned is None:
-                yield [(int(i), MULTIMODAL) for i in part]
+                yield [(int(i), MULTIMODAL, self.epoch) for i in part]
             else:
-                yield [(int(i), int(assigned[i])) for i in part]
+                yield [(int(i), int(assigned[i]), self.epoch) for i in part]
 
     def __len__(self) -> int:
         """Batches (steps) of this epoch; the same on every rank."""

@@ -212,7 +212,7 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
     num_classes = len(index.class_names)
     mel_mean, mel_std = estimate_mel_stats(index, "train")
     ds = {s: ShardDataset(index, s, train=(s == "train"), frame_size=cfg.frame_size, mel_mean=mel_mean,
-                          mel_std=mel_std) for s in ("train", "val")}
+                          mel_std=mel_std, seed=seed) for s in ("train", "val")}
     score_ds = ShardDataset(index, "train", train=False, frame_size=cfg.frame_size, mel_mean=mel_mean,
                             mel_std=mel_std)
     n_train = len(ds["train"])

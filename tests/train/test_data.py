@@ -92,14 +92,16 @@ def test_eval_items_are_deterministic_and_match_a_reference_transform(index):
         assert diff.mean() < 0.05, (member, diff.mean())  # decoders differ by rounding only
 
 
-def test_train_items_are_random_but_seeded(index):
-    ds = ShardDataset(index, "train", train=True, frame_size=SIZE)
-    torch.manual_seed(0)
-    a = ds[2]["frames"]
-    torch.manual_seed(0)
-    assert torch.equal(a, ds[2]["frames"])
-    outs = [ds[2]["frames"] for _ in range(4)]
-    assert any(not torch.equal(a, o) for o in outs)
+def test_train_items_are_random_but_a_function_of_seed_epoch_and_sample(index):
+    ds = ShardDataset(index, "train", train=True, frame_size=SIZE, seed=3)
+    a = ds[(2, -1, 5)]["frames"]
+    torch.manual_seed(123)  # the global RNG plays no part: a resumed run or another worker draws the same
+    assert torch.equal(a, ds[(2, -1, 5)]["frames"])
+    assert torch.equal(a, ShardDataset(index, "train", train=True, frame_size=SIZE, seed=3)[(2, 0, 5)]["frames"])
+    others = [ds[(2, -1, e)]["frames"] for e in range(6, 10)]  # other epochs: other crops
+    assert any(not torch.equal(a, o) for o in others)
+    other_seed = ShardDataset(index, "train", train=True, frame_size=SIZE, seed=4)
+    assert any(not torch.equal(ds[(2, -1, e)]["frames"], other_seed[(2, -1, e)]["frames"]) for e in range(4))
     assert torch.equal(ds[2]["mel"], ShardDataset(index, "train", train=False, frame_size=SIZE)[2]["mel"])
 
 
@@ -153,8 +155,8 @@ def test_loader_gives_same_batches_with_and_without_workers(index):
         assert b0.keys() == b1.keys() == {"mel", "frames", "label", "index", "modality"}
         for k in b0:
             assert torch.equal(b0[k], b1[k]), k
-        assert b0["index"].tolist() == [i for i, _ in items]
-        assert b0["modality"].tolist() == [m for _, m in items] and len(set(b0["modality"].tolist())) == 1
+        assert b0["index"].tolist() == [i for i, *_ in items]
+        assert b0["modality"].tolist() == [m for _, m, *_ in items] and len(set(b0["modality"].tolist())) == 1
         assert b0["frames"].shape == (len(items), CFG.num_frames, 3, SIZE, SIZE)
         assert b0["mel"].shape == (len(items), 1, *CFG.mel_shape) and b0["label"].dtype == torch.int64
         assert b0["label"].tolist() == ds.labels()[b0["index"].numpy()].tolist()

@@ -29,7 +29,7 @@ def sampler(shard, assignment=None, k=3, **kw) -> RemixBatchSampler:
 
 
 def flat(batches) -> list[tuple[int, int]]:
-    return [item for b in batches for item in b]
+    return [tuple(item[:2]) for b in batches for item in b]  # (i, m): the epoch tag dropped
 
 
 def test_pure_batches_cover_every_sample_once():
@@ -38,8 +38,8 @@ def test_pure_batches_cover_every_sample_once():
     batches = list(s)
     assert len(batches) == len(s) > 0
     for b in batches:
-        assert len({m for _, m in b}) == 1  # modality-pure
-        assert all(a[i] == m for i, m in b)
+        assert len({m for _, m, *_ in b}) == 1  # modality-pure
+        assert all(a[i] == m for i, m, _ in b)
         assert 1 <= len(b) <= 8
     items = flat(batches)
     assert sorted(i for i, _ in items) == list(range(103))  # exactly once
@@ -97,7 +97,7 @@ def test_shard_local_order():
     rank = {sh: r for r, sh in enumerate(dict.fromkeys(runs))}  # shard -> place in the epoch's shard order
     spans = {}
     for b in s:
-        ranks = [rank[shard[i]] for i, _ in b]
+        ranks = [rank[shard[i]] for i, *_ in b]
         assert ranks == sorted(ranks)  # samples in the epoch's shard order
         spans.setdefault(b[0][1], []).append((ranks[0], ranks[-1]))
     # a modality's batches cover consecutive, non-overlapping runs of the shard order
@@ -109,14 +109,14 @@ def test_shard_local_order():
     seq.set_epoch(3)
     last = {}
     for b in seq:
-        ranks = [rank[shard[i]] for i, _ in b]
+        ranks = [rank[shard[i]] for i, *_ in b]
         assert ranks[0] >= last.get(b[0][1], 0)
         last[b[0][1]] = ranks[-1]
     # one group, shards bigger than the batch: a batch spans at most 2 consecutive shards
     s1 = sampler(shard, batch_size=8)
     s1.set_epoch(3)
     for b in s1:
-        ranks = sorted({rank[shard[i]] for i, _ in b})
+        ranks = sorted({rank[shard[i]] for i, *_ in b})
         assert len(ranks) <= 2 and ranks[-1] - ranks[0] <= 1
 
 
@@ -150,7 +150,7 @@ def test_mixed_batches_keep_each_samples_modality():
     shard, a = make_shard(), make_assignment(103)
     s = sampler(shard, a, pure=False)
     batches = list(s)
-    assert any(len({m for _, m in b}) > 1 for b in batches)
+    assert any(len({m for _, m, *_ in b}) > 1 for b in batches)
     items = flat(batches)
     assert sorted(i for i, _ in items) == list(range(103))
     assert all(m == a[i] for i, m in items)
@@ -196,9 +196,9 @@ def test_simulated_ddp(drop_last, pure):
     assert len(r0) == len(r1) == len(ranks[0]) == len(ranks[1])
     for b0, b1, g in zip(r0, r1, ranks[0].global_batches()):
         assert b0 and b1 and abs(len(b0) - len(b1)) <= 1
-        assert b0 + b1 == g  # contiguous slices of the global batch
+        assert [it[:2] for it in b0 + b1] == g and {it[2] for it in b0 + b1} == {4}  # contiguous slices; epoch tag
         if pure:
-            assert {m for _, m in b0} == {m for _, m in b1} and len({m for _, m in b0}) == 1
+            assert {m for _, m, _ in b0} == {m for _, m, _ in b1} and len({m for _, m, _ in b0}) == 1
     i0, i1 = {i for i, _ in flat(r0)}, {i for i, _ in flat(r1)}
     assert not i0 & i1
     assert i0 | i1 == {i for i, _ in flat(single.global_batches())}
@@ -250,4 +250,4 @@ def test_works_on_an_index_without_shards(cremad_raw, tmp_path_factory, tmp_path
     s.set_assignment(np.arange(rows.size) % 2, 2)
     batches = list(s)
     assert sorted(i for i, _ in flat(batches)) == list(range(rows.size))
-    assert all(len({m for _, m in b}) == 1 for b in batches)
+    assert all(len({m for _, m, *_ in b}) == 1 for b in batches)
