@@ -56,7 +56,7 @@ def project(tmp_path_factory) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=repo, check=True)
     edit_params(repo, **{f"synth__{k}": v for k, v in TINY_SYNTH.items()}, features__workers=1,
-                features__short_side=32, unused__note=1, **{f"train__{k}": v for k, v in TINY_TRAIN.items()})
+                features__short_side=32, unused__note=1, prepare__ratios=[0.7, 0.1, 0.2], **{f"train__{k}": v for k, v in TINY_TRAIN.items()})
     return repo
 
 
@@ -80,6 +80,12 @@ def test_repro_runs_then_skips_then_reruns_only_what_changed(project):
 
     edit_params(project, train__lr=0.002)
     assert set(ran(dvc(project, "repro"))) == TRAIN_STAGES  # a train param: train and evaluate only
+
+    edit_params(project, train__nproc=2)  # the train stage relaunches itself under torchrun: 2 ranks
+    assert set(ran(dvc(project, "repro"))) == TRAIN_STAGES
+    for method in ("baseline", "remix"):
+        assert json.loads((project / "runs" / method / "train" / "log.json").read_text())["world_size"] == 2
+        assert (project / "runs" / method / "train" / "steps-rank1.jsonl").exists()
 
     edit_params(project, unused__note=2)
     assert ran(dvc(project, "repro")) == []  # a param no stage reads: nothing

@@ -110,6 +110,7 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         self.pure = bool(pure)
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
+        self.start = 0  # global batches of this epoch to skip (resume)
         self.assignment: np.ndarray | None = None
         self.num_modalities = 0
         self._version = 0  # bumped by set_assignment: invalidates the cached plan
@@ -125,9 +126,13 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         """N, the samples of the split."""
         return len(self.shard)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's plan (call before each epoch, on every rank)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's plan (call before each epoch, on every rank); ``start``: the global
+        batches of the epoch already done (a resumed run), which the next iteration skips."""
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
         self.epoch = int(epoch)
+        self.start = int(start)
 
     def set_assignment(self, assignment: np.ndarray | None, num_modalities: int) -> None:
         """Set the modality of every sample: [N] ints in [0, K), or None (all multimodal, code -1)."""
@@ -210,7 +215,7 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         batches, _ = self._plan()
         assigned = self.assignment
-        for _, b in batches:
+        for _, b in batches[self.start:]:
             part = np.array_split(b, self.world_size)[self.rank]
             if assigned is None:
                 yield [(int(i), MULTIMODAL, self.epoch) for i in part]
@@ -218,8 +223,8 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
                 yield [(int(i), int(assigned[i]), self.epoch) for i in part]
 
     def __len__(self) -> int:
-        """Batches (steps) of this epoch; the same on every rank."""
-        return len(self._plan()[0])
+        """Batches (steps) this epoch still yields (all of them unless resumed); the same on every rank."""
+        return max(len(self._plan()[0]) - self.start, 0)
 
     def stats(self) -> dict[int, dict[str, int]]:
         """This epoch's GLOBAL counts per modality code (all of ``range(K)``, or just -1 when multimodal).

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from pipeline.fileio import atomic_path
 from pipeline.params import from_mapping
 from pipeline.shards import IndexReader
+from train import distributed
 from train.data import ShardDataset, estimate_mel_stats, make_loader
 from train.models import build_model
 from train.remix import ScoresFile, assign_weakest, dataset_fingerprint, kl_to_uniform
@@ -72,13 +74,17 @@ class TrainConfig:
     frame_size: int = 80  # px, square crop fed to the visual encoder
     workers: int = 2  # DataLoader worker processes
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    checkpoint_every: int = 50  # optimizer steps between resume states (0: only at epoch ends)
+    nproc: int = 1  # processes (ranks) on this machine; > 1: the stage relaunches itself under torchrun
+    backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
 
     def __post_init__(self) -> None:
         choices = {"fusion": ("concat", "sum", "decision", "film", "gated"), "optimizer": ("adamw", "sgd"),
                    "schedule": ("cosine", "constant"), "mask": ("input", "feature"),
                    "order": ("sequential", "interleaved"), "ablation": ("full", "decouple", "reassemble"),
                    "unimodal_pred": ("heads", "dropout"), "baseline_loss": ("fused", "eq1"), "guard": ("none", "extend_warmup"),
-                   "device": ("auto", "cpu", "cuda")}
+                   "device": ("auto", "cpu", "cuda"),
+                   "backend": ("auto", "gloo", "nccl")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"train.{key}: {getattr(self, key)!r} is not one of {allowed}")
@@ -87,6 +93,9 @@ class TrainConfig:
             raise ValueError(f"train.methods: {bad or '[]'} not in {METHODS}")
         if len(self.modalities) < 2 or len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"train.modalities: need >= 2 distinct modalities, got {self.modalities}")
+        if self.checkpoint_every < 0 or self.nproc < 1:
+            raise ValueError(f"train.checkpoint_every must be >= 0 and train.nproc >= 1, got "
+                             f"{self.checkpoint_every} and {self.nproc}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"train.warmup_epochs: {self.warmup_epochs} not in [0, epochs={self.epochs}]")
 
@@ -95,11 +104,11 @@ class TrainConfig:
         return from_mapping(cls, params, "train")
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, d: distributed.Dist | None = None) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device: cuda requested but torch.cuda.is_available() is False")
-        return torch.device("cuda")
+        return torch.device("cuda", d.local_rank if d is not None and d.enabled else 0)
     return torch.device("cpu")
 
 
@@ -192,36 +201,102 @@ def imbalance_ratio(acc: Mapping[str, float], modalities: list[str], num_classes
     return float(max(above) / min(above)) if min(above) > 0 else float("inf")
 
 
+RESUME = "resume.pt"  # the training state, every `checkpoint_every` steps and at every epoch end
+
+
+def _run_key(cfg: TrainConfig, method: str, seed: int, fingerprint: str) -> dict:
+    """What a resume state must match: every setting that changes the result (not `workers`)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("methods", "workers", "checkpoint_every", "nproc")}
+    return {"method": method, "seed": seed, "fingerprint": fingerprint, "config": settings}
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_resume(out_dir: Path, key: dict, world_size: int) -> dict | None:
+    """The saved state of an interrupted run with the same key, or None (start afresh)."""
+    path = out_dir / RESUME
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # written under a temporary name and renamed: a torn file is not expected
+        raise RuntimeError(f"{path}: unreadable resume state ({e}); delete it to start afresh") from e
+    if state["key"] != key:
+        log.warning("%s is from another configuration, method, seed or feature set: starting afresh", path)
+        return None
+    if state["world_size"] != world_size:
+        raise RuntimeError(f"{path}: saved by a run on {state['world_size']} process(es), this run has {world_size}; "
+                           f"resume with the same train.nproc / torchrun --nproc_per_node (the sampler's split of "
+                           f"every global batch depends on it), or delete {path} to start afresh")
+    return state
+
+
 def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: str, config: TrainConfig,
           seed: int) -> dict:
     """Train ``method`` on the shards of ``index_path``; write ``model.pt``, ``scores.h5``, ``log.json`` to ``out_dir``.
 
+    Resumes from ``out_dir/resume.pt`` when an interrupted run with the same settings left one
+    (to the same weights as an uninterrupted run). Under torchrun, every rank calls this.
     Returns the training summary (best epoch, its validation accuracies, per-epoch log).
     """
+    d = distributed.setup(config.backend)
+    try:
+        return _train(index_path=index_path, out_dir=Path(out_dir), method=method, config=config, seed=seed, d=d)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed: int, d: distributed.Dist) -> dict:
     from dvclive import Live
 
     cfg, mods, k = config, list(config.modalities), len(config.modalities)
     only = method.removeprefix("only_") if method.startswith("only_") else None
     if method not in METHODS and only not in mods:
         raise ValueError(f"method {method!r}: not one of {METHODS} or only_<one of {mods}>")
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, d)
     index = IndexReader(index_path)
     num_classes = len(index.class_names)
+    fingerprint = dataset_fingerprint(index)
+    key = _run_key(cfg, method, seed, fingerprint)
+    state = _load_resume(out_dir, key, d.world_size)
+    if d.enabled:
+        torch.distributed.barrier()  # every rank has read the state before the main one may clean up
+    if state is None and d.is_main:  # a fresh run: nothing of an earlier one may survive (dvc.yaml: persist)
+        for name in ("model.pt", "scores.h5", "log.json", RESUME):
+            (out_dir / name).unlink(missing_ok=True)
+        for p in out_dir.glob("steps-rank*.jsonl"):
+            p.unlink()
+    if d.enabled:
+        torch.distributed.barrier()
     mel_mean, mel_std = estimate_mel_stats(index, "train")
     ds = {s: ShardDataset(index, s, train=(s == "train"), frame_size=cfg.frame_size, mel_mean=mel_mean,
                           mel_std=mel_std, seed=seed) for s in ("train", "val")}
     score_ds = ShardDataset(index, "train", train=False, frame_size=cfg.frame_size, mel_mean=mel_mean,
                             mel_std=mel_std)
     n_train = len(ds["train"])
+    for split, x in ds.items():
+        if len(x) == 0:
+            raise ValueError(f"{index.path}: the {split} split has no samples (check prepare.ratios / the split files)")
     sampler = RemixBatchSampler(ds["train"].shard_ids(), batch_size=cfg.batch_size, drop_last=cfg.drop_last,
-                                seed=seed, order=cfg.order, pure=cfg.ablation != "decouple")
+                                seed=seed, order=cfg.order, pure=cfg.ablation != "decouple", rank=d.rank,
+                                world_size=d.world_size)
     loader = make_loader(ds["train"], sampler, workers=cfg.workers)
-
-    val_loader, score_loader = (multimodal_loader(d, batch_size=max(cfg.batch_size, 64), workers=cfg.workers,
-                                                  num_modalities=k, seed=seed) for d in (ds["val"], score_ds))
+    # validation and scoring: the WHOLE split on every rank (identical weights, identical results)
+    val_loader, score_loader = (multimodal_loader(x, batch_size=max(cfg.batch_size, 64), workers=cfg.workers,
+                                                  num_modalities=k, seed=seed) for x in (ds["val"], score_ds))
     model = build_model(mods, num_classes, cfg.width, cfg.fusion).to(device)
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -230,36 +305,66 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
     steps_per_epoch = max(1, -(-n_train // cfg.batch_size))
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
              if cfg.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
-    scores = ScoresFile(out_dir / "scores.h5", modalities=mods, num_samples=n_train,
-                        fingerprint=dataset_fingerprint(index)) if method == "remix" else None
+    scores = (ScoresFile(out_dir / "scores.h5", modalities=mods, num_samples=n_train, fingerprint=fingerprint)
+              if method == "remix" and d.is_main else None)
     chance = 1.0 / num_classes
-    warmup_end = cfg.warmup_epochs if method == "remix" else cfg.epochs  # phase "warmup" = multimodal batches
-    best: dict = {}
-    warmup_best = -1.0
-    history = []
-    with Live(str(out_dir / "live"), save_dvc_exp=False, dvcyaml=None) as live:
-        for epoch in range(cfg.epochs):
+    # the run's progress: all of it is in the resume state
+    run = {"epoch": 0, "step": 0, "global_step": 0, "warmup_end": cfg.warmup_epochs if method == "remix" else cfg.epochs,
+           "warmup_best": -1.0, "best": {}, "history": [], "losses": [], "counts": [0] * k, "score_s": 0.0,
+           "assign": None}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        _set_rng_state(state["rng"])
+        run = state["run"]
+        log.info("%s: resuming at epoch %d, step %d (global step %d)", method, run["epoch"], run["step"],
+                 run["global_step"])
+    step_log = open(out_dir / f"steps-rank{d.rank}.jsonl", "a", buffering=1)  # per-step record (modality, samples) of this rank
+    if state is not None:  # keep only the steps the resumed state has done
+        step_log.close()
+        path = out_dir / f"steps-rank{d.rank}.jsonl"
+        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["global_step"] <= run["global_step"]]
+        path.write_text("".join(ln + "\n" for ln in lines))
+        step_log = open(path, "a", buffering=1)
+
+    def save_state() -> None:
+        if d.is_main:
+            with atomic_path(out_dir / RESUME) as tmp:
+                torch.save({"key": key, "world_size": d.world_size, "run": run, "model": model.state_dict(),
+                            "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": _rng_state()}, tmp)
+
+    live_ctx = (Live(str(out_dir / "live"), save_dvc_exp=False, dvcyaml=None) if d.is_main
+                else contextlib.nullcontext())
+    with live_ctx as live, step_log:
+        if live is not None:  # a resumed run rewrites the metrics of the epochs already done
+            for row in run["history"]:
+                _log_row(live, row)
+        while run["epoch"] < cfg.epochs:
+            epoch = run["epoch"]
             t0 = time.perf_counter()
-            remixing = epoch >= warmup_end
-            counts = [0] * k
-            score_s = 0.0
-            if remixing:
-                ts = time.perf_counter()
-                pred = predict(model, score_loader, mods, device, cfg.unimodal_pred)
-                kl = np.stack([kl_to_uniform(torch.from_numpy(pred[m])).numpy() for m in mods], 1)  # [N, K]
-                assign = assign_weakest(kl)
-                scores.write(epoch, kl, assign)
-                sampler.set_assignment(assign, k)
-                counts = np.bincount(assign, minlength=k).tolist()
-                score_s = time.perf_counter() - ts
-            else:
-                sampler.set_assignment(None, k)
-            if only is not None:  # every sample keeps just this modality
-                sampler.set_assignment(np.full(n_train, mods.index(only)), k)
-            sampler.set_epoch(epoch)
+            remixing = epoch >= run["warmup_end"]
+            if run["step"] == 0:  # the epoch starts: decide every sample's modality
+                run["losses"], run["counts"], run["score_s"], run["assign"] = [], [0] * k, 0.0, None
+                if remixing:
+                    ts = time.perf_counter()
+                    pred = predict(model, score_loader, mods, device, cfg.unimodal_pred)
+                    kl = np.stack([kl_to_uniform(torch.from_numpy(pred[m])).numpy() for m in mods], 1)  # [N, K]
+                    run["assign"] = assign_weakest(kl)
+                    if scores is not None:
+                        scores.write(epoch, kl, run["assign"])
+                    run["counts"] = np.bincount(run["assign"], minlength=k).tolist()
+                    run["score_s"] = time.perf_counter() - ts
+                    for m, c in zip(mods, run["counts"]):
+                        if c == 0:
+                            log.info("epoch %d: no sample is assigned to %s: its subset is skipped", epoch, m)
+                if only is not None:  # every sample keeps just this modality
+                    run["assign"] = np.full(n_train, mods.index(only))
+            sampler.set_assignment(run["assign"], k)
+            sampler.set_epoch(epoch, start=run["step"])
             model.train()
-            losses = []
-            for batch in tqdm(loader, desc=f"{method} epoch {epoch}", leave=False, unit="batch"):
+            bar = tqdm(loader, desc=f"{method} epoch {epoch}", leave=False, unit="batch", disable=not d.is_main)
+            for batch in bar:
                 inputs = _inputs(batch, mods, device)
                 y = batch["label"].to(device)
                 m_code = batch["modality"].to(device)
@@ -272,57 +377,90 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
                     out = model(inputs, keep=keep if not keep.all() else None, mask="input" if only else cfg.mask,
                                 skip_masked=skip)
                 loss = step_loss(model, out, y, m_code, method=method, config=cfg)
+                n_global = distributed.all_sum(d, len(y))
+                if d.enabled:  # rank slices may differ by one sample: weight so the average is the global mean
+                    loss = loss * (len(y) * d.world_size / n_global)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(model, d)
                 opt.step()
                 sched.step()
-                losses.append(loss.item())
+                run["losses"].append(loss.item())
+                run["step"] += 1
+                run["global_step"] += 1
+                step_log.write(json.dumps({"global_step": run["global_step"], "epoch": epoch, "step": run["step"],
+                                           "modality": sorted(set(m_code.tolist())), "samples": len(y),
+                                           "global_samples": int(n_global)}) + "\n")
+                if cfg.checkpoint_every and run["global_step"] % cfg.checkpoint_every == 0:
+                    step_log.flush()
+                    save_state()
+            distributed.average_buffers(model, d)
+            distributed.check_in_sync(model, d, f"epoch {epoch}")
             val = predict(model, val_loader, mods, device)
             acc = accuracies(val, mods)
             ratio = imbalance_ratio(acc, mods, num_classes)
-            row = {"epoch": epoch, "phase": "remix" if remixing else "warmup", "loss": float(np.mean(losses)),
+            stats = sampler.stats()  # per modality code (-1: multimodal): samples left out of whole global batches
+            dropped_n = sum(v["dropped"] for v in stats.values())
+            row = {"epoch": epoch, "phase": "remix" if remixing else "warmup", "loss": float(np.mean(run["losses"])),
                    **{f"val_{kk}": v for kk, v in acc.items()}, "imbalance_ratio": ratio,
-                   **{f"assigned_{m}": c for m, c in zip(mods, counts)}, "score_s": round(score_s, 3),
-                   "epoch_s": round(time.perf_counter() - t0, 3)}
-            history.append(row)
-            for kk, v in row.items():
-                if kk not in ("epoch", "phase") and np.isfinite(v):
-                    live.log_metric(f"train/{kk}", v)
-            live.next_step()
-            log.info("%s epoch %d %s: loss %.3f val fused %.3f %s assigned %s", method, epoch, row["phase"],
-                     row["loss"], acc["fused"], " ".join(f"{m} {acc[m]:.3f}" for m in mods), counts)
+                   **{f"assigned_{m}": c for m, c in zip(mods, run["counts"])}, "dropped": dropped_n,
+                   **{f"dropped_{m}": stats.get(j, {"dropped": 0})["dropped"] for j, m in enumerate(mods)},
+                   "score_s": round(run["score_s"], 3), "epoch_s": round(time.perf_counter() - t0, 3)}
+            run["history"].append(row)
+            if live is not None:
+                _log_row(live, row)
+            log.info("%s epoch %d %s: loss %.3f val fused %.3f %s assigned %s dropped %d", method, epoch, row["phase"],
+                     row["loss"], acc["fused"], " ".join(f"{m} {acc[m]:.3f}" for m in mods), run["counts"], dropped_n)
             select = acc[only] if only is not None else acc["fused"]
-            if select > best.get("val_select", -1.0):
-                best = {"epoch": epoch, "val_select": select, **{f"val_{kk}": v for kk, v in acc.items()}}
-                with atomic_path(out_dir / "model.pt") as tmp:
-                    torch.save({"model": model.state_dict(), "epoch": epoch, "config": dataclasses.asdict(cfg),
-                                "method": method, "modalities": mods, "class_names": list(index.class_names),
-                                "mel_mean": mel_mean, "mel_std": mel_std}, tmp)
-            if not remixing:
-                warmup_best = max(warmup_best, acc["fused"])
-                weak = [m for m in mods if acc[m] < chance + cfg.guard_margin]
-                if method == "remix" and epoch == warmup_end - 1 and weak:  # (only_* and baseline never remix)
-                    if cfg.guard == "extend_warmup" and warmup_end < cfg.warmup_epochs + cfg.guard_max_extra_epochs \
-                            and warmup_end < cfg.epochs:
-                        warmup_end += 1
-                        log.warning("guard: %s head(s) at val accuracy %s, under chance + %.2f: warm-up extended "
-                                    "to %d epochs", weak, [round(acc[m], 3) for m in weak], cfg.guard_margin,
-                                    warmup_end)
-                    else:
-                        log.warning("remixing with %s head(s) near chance (val %s): their KL scores carry little "
-                                    "information and may hand them most samples", weak,
-                                    [round(acc[m], 3) for m in weak])
-            else:
-                for m in mods:
-                    if acc[m] < chance + cfg.guard_margin:
-                        log.warning("epoch %d: the %s head is near chance (val %.3f): its KL scores carry little "
-                                    "information", epoch, m, acc[m])
-            if remixing and acc["fused"] < warmup_best:
-                log.warning("epoch %d: fused val accuracy %.3f is below the warm-up best %.3f (the selected "
-                            "checkpoint covers warm-up, so the reported model is never worse)", epoch,
-                            acc["fused"], warmup_best)
-    summary = {"method": method, "best": best, "warmup_epochs_used": min(warmup_end, cfg.epochs),
-               "warmup_best_val_fused": warmup_best, "history": history, "seed": seed,
-               "device": str(device), "train_samples": n_train}
-    (out_dir / "log.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if select > run["best"].get("val_select", -1.0):
+                run["best"] = {"epoch": epoch, "val_select": select, **{f"val_{kk}": v for kk, v in acc.items()}}
+                if d.is_main:
+                    with atomic_path(out_dir / "model.pt") as tmp:
+                        torch.save({"model": model.state_dict(), "epoch": epoch, "config": dataclasses.asdict(cfg),
+                                    "method": method, "modalities": mods, "class_names": list(index.class_names),
+                                    "mel_mean": mel_mean, "mel_std": mel_std}, tmp)
+            _warn(run, acc, epoch, remixing, method, mods, chance, cfg)
+            run["epoch"], run["step"] = epoch + 1, 0
+            step_log.flush()
+            save_state()
+    summary = {"method": method, "best": run["best"], "warmup_epochs_used": min(run["warmup_end"], cfg.epochs),
+               "warmup_best_val_fused": run["warmup_best"], "history": run["history"], "seed": seed,
+               "device": str(device), "world_size": d.world_size, "train_samples": n_train}
+    if d.is_main:
+        with atomic_path(out_dir / "log.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        (out_dir / RESUME).unlink(missing_ok=True)  # done: a rerun starts afresh
     return summary
+
+
+def _log_row(live, row: dict) -> None:
+    for kk, v in row.items():
+        if kk not in ("epoch", "phase") and np.isfinite(v):
+            live.log_metric(f"train/{kk}", v)
+    live.next_step()
+
+
+def _warn(run: dict, acc: dict, epoch: int, remixing: bool, method: str, mods: list[str], chance: float,
+          cfg: TrainConfig) -> None:
+    """The warm-up guard and the warnings of the paper's stated limitation (README: Training)."""
+    if not remixing:
+        run["warmup_best"] = max(run["warmup_best"], acc["fused"])
+        weak = [m for m in mods if acc[m] < chance + cfg.guard_margin]
+        if method == "remix" and epoch == run["warmup_end"] - 1 and weak:  # (only_* and baseline never remix)
+            if cfg.guard == "extend_warmup" and run["warmup_end"] < cfg.warmup_epochs + cfg.guard_max_extra_epochs \
+                    and run["warmup_end"] < cfg.epochs:
+                run["warmup_end"] += 1
+                log.warning("guard: %s head(s) at val accuracy %s, under chance + %.2f: warm-up extended "
+                            "to %d epochs", weak, [round(acc[m], 3) for m in weak], cfg.guard_margin, run["warmup_end"])
+            else:
+                log.warning("remixing with %s head(s) near chance (val %s): their KL scores carry little "
+                            "information and may hand them most samples", weak, [round(acc[m], 3) for m in weak])
+        return
+    for m in mods:
+        if acc[m] < chance + cfg.guard_margin:
+            log.warning("epoch %d: the %s head is near chance (val %.3f): its KL scores carry little "
+                        "information", epoch, m, acc[m])
+    if acc["fused"] < run["warmup_best"]:
+        log.warning("epoch %d: fused val accuracy %.3f is below the warm-up best %.3f (the selected "
+                    "checkpoint covers warm-up, so the reported model is never worse)", epoch, acc["fused"],
+                    run["warmup_best"])

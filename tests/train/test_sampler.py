@@ -251,3 +251,16 @@ def test_works_on_an_index_without_shards(cremad_raw, tmp_path_factory, tmp_path
     batches = list(s)
     assert sorted(i for i, _ in flat(batches)) == list(range(rows.size))
     assert all(len({m for _, m, *_ in b}) == 1 for b in batches)
+
+
+def test_resume_skips_the_batches_already_done():
+    shard = np.repeat(np.arange(4), 10)
+    a = np.random.default_rng(0).integers(0, 2, 40)
+    full = sampler(shard, a, batch_size=6, drop_last=False)
+    full.set_epoch(3)
+    whole = list(full)
+    resumed = sampler(shard, a, batch_size=6, drop_last=False)
+    resumed.set_epoch(3, start=4)
+    assert len(resumed) == len(whole) - 4 and list(resumed) == whole[4:]
+    resumed.set_epoch(4)  # the next epoch starts from its first batch
+    assert len(resumed) == len(list(resumed)) == len(full)
