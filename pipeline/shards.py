@@ -225,6 +225,25 @@ class IndexReader:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def verify(self, splits: Sequence[str] | None = None, *, content: bool = True) -> None:
+        """Check that the shards of ``splits`` (default all) are the ones this index describes.
+
+        Every shard must exist under its indexed name with its indexed size, and with ``content``
+        its SHA-256 must match too. Raises FileNotFoundError or ValueError naming the shard.
+        """
+        wanted = range(len(self.splits)) if splits is None else [self.splits.index(s) for s in splits]
+        for j in np.flatnonzero(np.isin(self.shard_split, list(wanted))):
+            path = self.shard_dir / self.shard_names[j]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: shard listed in {self.path} is missing (moved, renamed or deleted?); "
+                                        f"run extract again or restore it (dvc pull / dvc checkout)")
+            if path.stat().st_size != self.shard_bytes[j]:
+                raise ValueError(f"{path}: {path.stat().st_size} bytes, {self.path} expects {self.shard_bytes[j]}: "
+                                 f"the shard and the index come from different extractions")
+            if content and sha256_file(path) != self.shard_sha256[j]:
+                raise ValueError(f"{path}: SHA-256 differs from the one in {self.path}: the shard and the index "
+                                 f"come from different extractions, or the shard is corrupt")
+
     def indices(self, split: str) -> np.ndarray:
         """Row numbers of one split, in index order."""
         return np.flatnonzero(self.split == self.splits.index(split))

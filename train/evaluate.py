@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.fileio import atomic_path
 from pipeline.shards import IndexReader
 from train.data import ShardDataset
 from train.models import build_model
+from train.remix import dataset_fingerprint
 from train.trainer import TrainConfig, accuracies, imbalance_ratio, multimodal_loader, pick_device, predict
 
 
@@ -32,6 +34,10 @@ def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split
     ckpt = torch.load(run_dir / "train" / "model.pt", map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ckpt["config"])
     index = IndexReader(index_path)
+    index.verify((split,), content=cfg.verify_shards == "sha256")
+    if ckpt.get("fingerprint", dataset_fingerprint(index)) != dataset_fingerprint(index):
+        raise ValueError(f"{run_dir / 'train' / 'model.pt'} was trained on another feature set than {index_path} "
+                         f"(fingerprints differ): rerun train")
     if list(index.class_names) != ckpt["class_names"]:
         raise ValueError(f"{run_dir / 'train' / 'model.pt'} was trained on classes {ckpt['class_names']}, "
                          f"{index_path} has {list(index.class_names)}")
@@ -48,7 +54,8 @@ def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split
     metrics = {"method": ckpt["method"], "epoch": ckpt["epoch"], "split": split, "samples": int(len(y)),
                **{f"acc_{k}": v for k, v in acc.items()}, "macro_f1": macro_f1(y, y_hat, num_classes),
                "imbalance_ratio": imbalance_ratio(acc, mods, num_classes)}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_path(run_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     with Live(str(run_dir / "eval"), save_dvc_exp=False, dvcyaml=None) as live:
         names = list(index.class_names)
         live.log_sklearn_plot("confusion_matrix", [names[i] for i in y], [names[i] for i in y_hat],

@@ -77,6 +77,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimizer steps between resume states (0: only at epoch ends)
     nproc: int = 1  # processes (ranks) on this machine; > 1: the stage relaunches itself under torchrun
     backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
+    verify_shards: str = "sha256"  # sha256 | size: how the shards are checked against the index before training
 
     def __post_init__(self) -> None:
         choices = {"fusion": ("concat", "sum", "decision", "film", "gated"), "optimizer": ("adamw", "sgd"),
@@ -84,7 +85,7 @@ class TrainConfig:
                    "order": ("sequential", "interleaved"), "ablation": ("full", "decouple", "reassemble"),
                    "unimodal_pred": ("heads", "dropout"), "baseline_loss": ("fused", "eq1"), "guard": ("none", "extend_warmup"),
                    "device": ("auto", "cpu", "cuda"),
-                   "backend": ("auto", "gloo", "nccl")}
+                   "backend": ("auto", "gloo", "nccl"), "verify_shards": ("sha256", "size")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"train.{key}: {getattr(self, key)!r} is not one of {allowed}")
@@ -206,7 +207,7 @@ RESUME = "resume.pt"  # the training state, every `checkpoint_every` steps and a
 
 def _run_key(cfg: TrainConfig, method: str, seed: int, fingerprint: str) -> dict:
     """What a resume state must match: every setting that changes the result (not `workers`)."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("methods", "workers", "checkpoint_every", "nproc")}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("methods", "workers", "checkpoint_every", "nproc", "verify_shards")}
     return {"method": method, "seed": seed, "fingerprint": fingerprint, "config": settings}
 
 
@@ -268,6 +269,7 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
     seed_everything(seed)
     device = pick_device(cfg.device, d)
     index = IndexReader(index_path)
+    index.verify(("train", "val"), content=cfg.verify_shards == "sha256")
     num_classes = len(index.class_names)
     fingerprint = dataset_fingerprint(index)
     key = _run_key(cfg, method, seed, fingerprint)
@@ -418,7 +420,7 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                     with atomic_path(out_dir / "model.pt") as tmp:
                         torch.save({"model": model.state_dict(), "epoch": epoch, "config": dataclasses.asdict(cfg),
                                     "method": method, "modalities": mods, "class_names": list(index.class_names),
-                                    "mel_mean": mel_mean, "mel_std": mel_std}, tmp)
+                                    "mel_mean": mel_mean, "mel_std": mel_std, "fingerprint": fingerprint}, tmp)
             _warn(run, acc, epoch, remixing, method, mods, chance, cfg)
             run["epoch"], run["step"] = epoch + 1, 0
             step_log.flush()
