@@ -77,6 +77,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimizer steps between resume states (0: only at epoch ends)
     nproc: int = 1  # processes (ranks) on this machine; > 1: the stage relaunches itself under torchrun
     backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
+    amp: str = "bf16"  # bf16 | none: autocast of training and scoring on CUDA (the CPU always runs float32)
     verify_shards: str = "sha256"  # sha256 | size: how the shards are checked against the index before training
 
     def __post_init__(self) -> None:
@@ -85,7 +86,7 @@ class TrainConfig:
                    "order": ("sequential", "interleaved"), "ablation": ("full", "decouple", "reassemble"),
                    "unimodal_pred": ("heads", "dropout"), "baseline_loss": ("fused", "eq1"), "guard": ("none", "extend_warmup"),
                    "device": ("auto", "cpu", "cuda"),
-                   "backend": ("auto", "gloo", "nccl"), "verify_shards": ("sha256", "size")}
+                   "backend": ("auto", "gloo", "nccl"), "verify_shards": ("sha256", "size"), "amp": ("bf16", "none")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"train.{key}: {getattr(self, key)!r} is not one of {allowed}")
@@ -167,16 +168,23 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def autocast(device: torch.device, amp: str = "bf16"):
+    """bf16 autocast on CUDA with ``amp: bf16``; a no-op on the CPU."""
+    if device.type == "cuda" and amp == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.inference_mode()
-def predict(model, loader, modalities: list[str], device, unimodal_pred: str = "heads") -> dict[str, np.ndarray]:
+def predict(model, loader, modalities: list[str], device, unimodal_pred: str = "heads",
+            amp: str = "bf16") -> dict[str, np.ndarray]:
     """Fused and unimodal logits over a whole split, in dataset order: name -> [N, C]."""
     model.eval()
     out: dict[str, list] = {"fused": [], **{m: [] for m in modalities}}
     index, labels = [], []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     for batch in loader:
         inputs = _inputs(batch, modalities, device)
-        with autocast:
+        with autocast(device, amp):
             res = model(inputs)
             out["fused"].append(res.fused.float().cpu())
             for m in modalities:
@@ -350,7 +358,7 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                 run["losses"], run["counts"], run["score_s"], run["assign"] = [], [0] * k, 0.0, None
                 if remixing:
                     ts = time.perf_counter()
-                    pred = predict(model, score_loader, mods, device, cfg.unimodal_pred)
+                    pred = predict(model, score_loader, mods, device, cfg.unimodal_pred, cfg.amp)
                     kl = np.stack([kl_to_uniform(torch.from_numpy(pred[m])).numpy() for m in mods], 1)  # [N, K]
                     run["assign"] = assign_weakest(kl)
                     if scores is not None:
@@ -375,10 +383,10 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                     keep = torch.ones_like(keep)
                 dropped = [m for j, m in enumerate(mods) if not keep[:, j].any()]  # masked for the whole batch
                 skip = (cfg.skip_masked and cfg.mask == "input" or only is not None) and bool(dropped)
-                with frozen_norm_stats(model, [] if skip else dropped):
+                with frozen_norm_stats(model, [] if skip else dropped), autocast(device, cfg.amp):
                     out = model(inputs, keep=keep if not keep.all() else None, mask="input" if only else cfg.mask,
                                 skip_masked=skip)
-                loss = step_loss(model, out, y, m_code, method=method, config=cfg)
+                    loss = step_loss(model, out, y, m_code, method=method, config=cfg)  # autocast: cross-entropy in float32
                 n_global = distributed.all_sum(d, len(y))
                 if d.enabled:  # rank slices may differ by one sample: weight so the average is the global mean
                     loss = loss * (len(y) * d.world_size / n_global)
@@ -398,7 +406,7 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                     save_state()
             distributed.average_buffers(model, d)
             distributed.check_in_sync(model, d, f"epoch {epoch}")
-            val = predict(model, val_loader, mods, device)
+            val = predict(model, val_loader, mods, device, amp=cfg.amp)
             acc = accuracies(val, mods)
             ratio = imbalance_ratio(acc, mods, num_classes)
             stats = sampler.stats()  # per modality code (-1: multimodal): samples left out of whole global batches
