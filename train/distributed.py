@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -70,6 +71,17 @@ def all_sum(d: Dist, value: float) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item())
+
+
+def merge_disjoint(values: np.ndarray, d: Dist) -> np.ndarray:
+    """Merge per-rank arrays whose filled entries (not NaN) are disjoint across ranks: NaN where no rank filled one."""
+    if not d.enabled:
+        return values
+    filled = torch.from_numpy(~np.isnan(values)).to(torch.float64)
+    total = torch.from_numpy(np.nan_to_num(values, nan=0.0)).to(torch.float64)
+    dist.all_reduce(filled)
+    dist.all_reduce(total)
+    return np.where(filled.numpy() > 0, total.numpy(), np.nan).astype(values.dtype)
 
 
 def average_gradients(model: torch.nn.Module, d: Dist) -> None:

@@ -11,7 +11,7 @@ the `keep` mask [B, K].
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -231,11 +231,14 @@ FUSIONS: dict[str, type[Fusion]] = {
 @dataclass
 class ModelOutput:
     """fused [B, C]; unimodal: name -> [B, C] (unimodal heads on the (masked) features);
-    features: name -> [B, D] (after masking; zeros for skipped encoders)."""
+    features: name -> [B, D] (after masking; zeros for skipped encoders);
+    raw: name -> [B, D], the encoder's output on the real input before masking, for the modalities
+    whose encoder saw every sample's real input (all with mask="feature"; unmasked ones with "input")."""
 
     fused: Tensor
     unimodal: dict[str, Tensor]
     features: dict[str, Tensor]
+    raw: dict[str, Tensor] = field(default_factory=dict)
 
 
 class AVModel(nn.Module):
@@ -305,6 +308,7 @@ class AVModel(nn.Module):
             batch = keep.shape[0]
 
         features: dict[str, Tensor] = {}
+        raw: dict[str, Tensor] = {}
         for k, m in enumerate(self.modalities):
             col = None if keep is None else keep[:, k]  # [B]
             if skip_masked and col is not None and not bool(col.any()):
@@ -318,12 +322,13 @@ class AVModel(nn.Module):
                     x = x.masked_fill(~col.view(-1, *[1] * (x.dim() - 1)), 0)  # zero dropped samples
                     features[m] = self._encode(m, x)
                 else:
-                    features[m] = self._encode(m, x).masked_fill(~col[:, None], 0)  # [B, D]
+                    raw[m] = self._encode(m, x)  # [B, D]
+                    features[m] = raw[m].masked_fill(~col[:, None], 0)
             else:
-                features[m] = self._encode(m, x)
+                features[m] = raw[m] = self._encode(m, x)
 
         unimodal = {m: self.heads[m](features[m]) for m in self.modalities}  # name -> [B, C]
-        return ModelOutput(fused=self.fusion(features), unimodal=unimodal, features=features)
+        return ModelOutput(fused=self.fusion(features), unimodal=unimodal, features=features, raw=raw)
 
     def predict_dropout(self, inputs: dict[str, Tensor], modality: str) -> Tensor:
         """Fused-head logits [B, C] from `modality` alone: every other modality's features are

@@ -77,6 +77,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimizer steps between resume states (0: only at epoch ends)
     nproc: int = 1  # processes (ranks) on this machine; > 1: the stage relaunches itself under torchrun
     backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
+    scoring: str = "pass"  # pass (paper: a scoring pass over train each remix epoch) | online (from the training forwards)
     amp: str = "bf16"  # bf16 | none: autocast of training and scoring on CUDA (the CPU always runs float32)
     verify_shards: str = "sha256"  # sha256 | size: how the shards are checked against the index before training
 
@@ -86,7 +87,7 @@ class TrainConfig:
                    "order": ("sequential", "interleaved"), "ablation": ("full", "decouple", "reassemble"),
                    "unimodal_pred": ("heads", "dropout"), "baseline_loss": ("fused", "eq1"), "guard": ("none", "extend_warmup"),
                    "device": ("auto", "cpu", "cuda"),
-                   "backend": ("auto", "gloo", "nccl"), "verify_shards": ("sha256", "size"), "amp": ("bf16", "none")}
+                   "backend": ("auto", "gloo", "nccl"), "verify_shards": ("sha256", "size"), "amp": ("bf16", "none"), "scoring": ("pass", "online")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"train.{key}: {getattr(self, key)!r} is not one of {allowed}")
@@ -321,7 +322,7 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
     # the run's progress: all of it is in the resume state
     run = {"epoch": 0, "step": 0, "global_step": 0, "warmup_end": cfg.warmup_epochs if method == "remix" else cfg.epochs,
            "warmup_best": -1.0, "best": {}, "history": [], "losses": [], "counts": [0] * k, "score_s": 0.0,
-           "assign": None}
+           "assign": None, "epoch_kl": None, "last_kl": None}
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -356,10 +357,17 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
             remixing = epoch >= run["warmup_end"]
             if run["step"] == 0:  # the epoch starts: decide every sample's modality
                 run["losses"], run["counts"], run["score_s"], run["assign"] = [], [0] * k, 0.0, None
+                run["epoch_kl"] = np.full((n_train, k), np.nan, np.float32)  # online scores of this epoch
                 if remixing:
                     ts = time.perf_counter()
-                    pred = predict(model, score_loader, mods, device, cfg.unimodal_pred, cfg.amp)
-                    kl = np.stack([kl_to_uniform(torch.from_numpy(pred[m])).numpy() for m in mods], 1)  # [N, K]
+                    last = run["last_kl"]
+                    if cfg.scoring == "online" and last is not None and not np.isnan(last).any():
+                        kl = last.copy()  # [N, K] from the training forwards: no scoring pass
+                    else:
+                        if cfg.scoring == "online":
+                            log.info("epoch %d: online scores incomplete: a scoring pass instead", epoch)
+                        pred = predict(model, score_loader, mods, device, cfg.unimodal_pred, cfg.amp)
+                        kl = np.stack([kl_to_uniform(torch.from_numpy(pred[m])).numpy() for m in mods], 1)  # [N, K]
                     run["assign"] = assign_weakest(kl)
                     if scores is not None:
                         scores.write(epoch, kl, run["assign"])
@@ -395,6 +403,15 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                 distributed.average_gradients(model, d)
                 opt.step()
                 sched.step()
+                if cfg.scoring == "online" and method == "remix":  # every head on the real features: KL for free
+                    with torch.no_grad():
+                        rows = batch["index"].numpy()
+                        for j, m in enumerate(mods):
+                            if m in out.raw:
+                                logits = (model.heads[m](out.raw[m]) if cfg.unimodal_pred == "heads" else
+                                          model.fusion({n: out.raw[m] if n == m else torch.zeros_like(out.raw[m])
+                                                        for n in mods}))
+                                run["epoch_kl"][rows, j] = kl_to_uniform(logits).cpu().numpy()
                 run["losses"].append(loss.item())
                 run["step"] += 1
                 run["global_step"] += 1
@@ -404,6 +421,11 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                 if cfg.checkpoint_every and run["global_step"] % cfg.checkpoint_every == 0:
                     step_log.flush()
                     save_state()
+            if cfg.scoring == "online" and method == "remix":  # merge the ranks' disjoint online scores
+                run["epoch_kl"] = distributed.merge_disjoint(run["epoch_kl"], d)
+                fresh = ~np.isnan(run["epoch_kl"])
+                run["last_kl"] = run["epoch_kl"].copy() if run["last_kl"] is None else \
+                    np.where(fresh, run["epoch_kl"], run["last_kl"])
             distributed.average_buffers(model, d)
             distributed.check_in_sync(model, d, f"epoch {epoch}")
             val = predict(model, val_loader, mods, device, amp=cfg.amp)

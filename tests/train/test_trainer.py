@@ -43,6 +43,24 @@ def test_remix_trains_and_scores_every_epoch(cremad_raw, tmp_path_factory, tmp_p
     assert (tmp_path / "remix" / "eval" / "plots" / "sklearn" / "confusion_matrix.json").exists()
 
 
+@pytest.mark.parametrize("scoring,passes", [("pass", 2), ("online", 0)])
+def test_online_scoring_needs_no_scoring_pass(cremad_raw, tmp_path_factory, tmp_path, monkeypatch, scoring, passes):
+    from train import trainer
+    features = extracted_features(cremad_raw, tmp_path_factory)
+    calls = []
+    real = trainer.predict
+    monkeypatch.setattr(trainer, "predict", lambda model, loader, *a, **kw: calls.append(loader) or real(model, loader, *a, **kw))
+    cfg = TrainConfig(**TINY, mask="feature", scoring=scoring)
+    summary = train(index_path=features / "index.h5", out_dir=tmp_path / "r", method="remix", config=cfg, seed=0)
+    assert len(calls) == cfg.epochs + passes  # one validation pass per epoch, plus the scoring passes
+    scores = ScoresFile(tmp_path / "r" / "scores.h5", modalities=cfg.modalities, num_samples=summary["train_samples"],
+                        fingerprint=_fingerprint(features))
+    assert scores.epochs() == [1, 2]
+    for epoch in scores.epochs():
+        kl, assign = scores.read(epoch)
+        assert np.isfinite(kl).all() and np.array_equal(assign, kl.argmin(1))
+
+
 def test_baseline_never_scores(cremad_raw, tmp_path_factory, tmp_path):
     features = extracted_features(cremad_raw, tmp_path_factory)
     summary = train(index_path=features / "index.h5", out_dir=tmp_path / "b", method="baseline",
