@@ -381,6 +381,7 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
             sampler.set_assignment(run["assign"], k)
             sampler.set_epoch(epoch, start=run["step"])
             model.train()
+            t_train = time.perf_counter()
             bar = tqdm(loader, desc=f"{method} epoch {epoch}", leave=False, unit="batch", disable=not d.is_main)
             for batch in bar:
                 inputs = _inputs(batch, mods, device)
@@ -421,6 +422,7 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                 if cfg.checkpoint_every and run["global_step"] % cfg.checkpoint_every == 0:
                     step_log.flush()
                     save_state()
+            train_s = time.perf_counter() - t_train  # this process's training steps (a resumed epoch: its rest)
             if cfg.scoring == "online" and method == "remix":  # merge the ranks' disjoint online scores
                 run["epoch_kl"] = distributed.merge_disjoint(run["epoch_kl"], d)
                 fresh = ~np.isnan(run["epoch_kl"])
@@ -437,7 +439,7 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                    **{f"val_{kk}": v for kk, v in acc.items()}, "imbalance_ratio": ratio,
                    **{f"assigned_{m}": c for m, c in zip(mods, run["counts"])}, "dropped": dropped_n,
                    **{f"dropped_{m}": stats.get(j, {"dropped": 0})["dropped"] for j, m in enumerate(mods)},
-                   "score_s": round(run["score_s"], 3), "epoch_s": round(time.perf_counter() - t0, 3)}
+                   "score_s": round(run["score_s"], 3), "train_s": round(train_s, 3), "epoch_s": round(time.perf_counter() - t0, 3)}
             run["history"].append(row)
             if live is not None:
                 _log_row(live, row)

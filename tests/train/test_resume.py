@@ -29,7 +29,7 @@ from train.trainer import RESUME, TrainConfig, accuracies, multimodal_loader, pr
 
 CONFIG = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none",
               checkpoint_every=1)
-TIMINGS = ("epoch_s", "score_s")
+TIMINGS = ("epoch_s", "score_s", "train_s")
 
 
 def launch(index: Path, out: Path, method: str, nproc: int, *extra: str, config: dict = CONFIG) -> subprocess.Popen:
