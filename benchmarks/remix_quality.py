@@ -2,6 +2,7 @@
 
     python benchmarks/remix_quality.py                 # on features/ from `make demo`; 3 seeds; writes benchmarks/results/
     python benchmarks/remix_quality.py --small         # CI smoke test: tiny generated set, 2 epochs, 1 seed
+    python benchmarks/remix_quality.py --variants why  # Remix variants (see VARIANTS) on the main data, 3 seeds
 
 Runs, per seed, with the `train` params of params.yaml:
 - `baseline` (joint training on the fused loss; its video head is a linear probe of the video
@@ -31,6 +32,18 @@ from pipeline.params import load_params
 from pipeline.synth import SynthConfig, generate
 from train.evaluate import evaluate
 from train.trainer import TrainConfig, train
+
+
+VARIANTS = {  # name -> {row: train overrides of the remix run}
+    "cost": {"remix, mask input + skip_masked": {"mask": "input", "skip_masked": True},
+             "remix, scoring online": {"scoring": "online"},
+             "remix, mask input + skip_masked + scoring online": {"mask": "input", "skip_masked": True,
+                                                                  "scoring": "online"}},
+    "why": {"remix, mask input": {"mask": "input"},
+            "remix, order interleaved": {"order": "interleaved"},
+            "remix, warmup_epochs 4": {"warmup_epochs": 4},
+            "remix, lr 0.0005": {"lr": 0.0005}},
+}
 
 
 def make_features(out: Path, synth: SynthConfig, features: FeatureConfig, seed: int, prepare: dict) -> Path:
@@ -70,6 +83,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--weak-contrast", type=float, default=0.03, help="synth.video_contrast of the weak-video variant")
     ap.add_argument("--small", action="store_true", help="tiny generated set, 2 epochs, 1 seed (smoke test)")
+    ap.add_argument("--variants", choices=sorted(VARIANTS),
+                    help="instead of the main comparison: Remix variants on the main data (cost: issue 5's savings; "
+                         "why: warm-up length, masking level, learning rate, subset order)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     params = load_params()
@@ -93,6 +109,17 @@ def main() -> None:
             index = make_features(tmp / "main", synth, feats, params["base"]["seed"], prepare)
         else:
             index = Path("features/index.h5")
+        if args.variants:
+            runs = {name: [run(index, tmp / f"{args.variants}-{j}-{seed}", "remix", dataclasses.replace(config, **o), seed)
+                           for seed in seeds] for j, (name, o) in enumerate(VARIANTS[args.variants].items())}
+            header = (f"seeds {seeds}, {config.epochs} epochs ({config.warmup_epochs} warm-up unless stated), width "
+                      f"{config.width}, {platform.machine()}, {time.strftime('%Y-%m-%d')}")
+            text = "\n\n".join([header, table(runs, f"Remix variants: {args.variants} (test accuracy, mean ± std)")])
+            print(text)
+            stem = f"remix_variants_{args.variants}" + ("_small" if args.small else "")
+            (out / f"{stem}.md").write_text(text + "\n")
+            (out / f"{stem}.json").write_text(json.dumps(runs, indent=1) + "\n")
+            return
         weak_index = make_features(tmp / "weak", dataclasses.replace(synth, video_contrast=args.weak_contrast),
                                    feats, params["base"]["seed"], prepare)
         main_specs = {"baseline": ("baseline", {}), "baseline, eq. 1 loss": ("baseline", {"baseline_loss": "eq1"}),
