@@ -73,6 +73,14 @@ def all_sum(d: Dist, value: float) -> float:
     return float(t.item())
 
 
+def any_over_ranks(flags: torch.Tensor, d: Dist) -> list[bool]:
+    """Element-wise OR of a bool vector over ranks (the global step's view of a per-rank fact)."""
+    t = flags.detach().to("cpu", torch.int32)
+    if d.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
 def merge_disjoint(values: np.ndarray, d: Dist) -> np.ndarray:
     """Merge per-rank arrays whose filled entries (not NaN) are disjoint across ranks: NaN where no rank filled one."""
     if not d.enabled:

@@ -390,7 +390,8 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                 keep = keep_mask(m_code, k)
                 if cfg.ablation == "reassemble":
                     keep = torch.ones_like(keep)
-                dropped = [m for j, m in enumerate(mods) if not keep[:, j].any()]  # masked for the whole batch
+                present = distributed.any_over_ranks(keep.any(0), d)  # [K] kept by some sample of the global step
+                dropped = [m for j, m in enumerate(mods) if not present[j]]  # masked for the whole global step
                 skip = (cfg.skip_masked and cfg.mask == "input" or only is not None) and bool(dropped)
                 with frozen_norm_stats(model, [] if skip else dropped), autocast(device, cfg.amp):
                     out = model(inputs, keep=keep if not keep.all() else None, mask="input" if only else cfg.mask,
@@ -401,6 +402,9 @@ def _train(*, index_path, out_dir: Path, method: str, config: TrainConfig, seed:
                     loss = loss * (len(y) * d.world_size / n_global)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for m in dropped:  # masked for the whole (global) step: no gradient at all, so the optimizer
+                    for p in model.encoders[m].parameters():  # skips it (no momentum, no weight decay): not moved
+                        p.grad = None
                 distributed.average_gradients(model, d)
                 opt.step()
                 sched.step()

@@ -128,3 +128,25 @@ def _fingerprint(features):
     from train.remix import dataset_fingerprint
 
     return dataset_fingerprint(IndexReader(features / "index.h5"))
+
+
+@pytest.mark.parametrize("mask,skip", [("feature", False), ("input", False), ("input", True)])
+def test_an_encoder_masked_for_the_whole_step_is_not_moved(cremad_raw, tmp_path_factory, tmp_path, monkeypatch,
+                                                           mask, skip):
+    """Remix epochs of pure audio batches: the video encoder keeps its weights (no gradient, no momentum, no decay)."""
+    from train import trainer
+    features = extracted_features(cremad_raw, tmp_path_factory)
+    monkeypatch.setattr(trainer, "assign_weakest", lambda kl: np.zeros(len(kl), np.int64))  # every sample: audio
+    snapshots = []
+    real_predict = trainer.predict
+
+    def spy(model, loader, *a, **kw):  # called once per epoch for validation: snapshot the encoders then
+        snapshots.append({m: [p.detach().clone() for p in model.encoders[m].parameters()] for m in ("audio", "video")})
+        return real_predict(model, loader, *a, **kw)
+
+    monkeypatch.setattr(trainer, "predict", spy)
+    cfg = TrainConfig(**{**TINY, "scoring": "online"}, mask=mask, skip_masked=skip)
+    train(index_path=features / "index.h5", out_dir=tmp_path / "r", method="remix", config=cfg, seed=0)
+    after_warmup, end = snapshots[0], snapshots[-1]
+    assert all(torch.equal(a, b) for a, b in zip(after_warmup["video"], end["video"]))  # not moved
+    assert any(not torch.equal(a, b) for a, b in zip(after_warmup["audio"], end["audio"]))  # trained
