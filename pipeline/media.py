@@ -2,6 +2,12 @@
 
 Every function raises :class:`MediaError` with the file and the reason when a clip cannot
 be used, so the extractor can reject it and go on.
+
+One shortcut: a plain 16-bit PCM mono WAV already at the wanted sample rate is read in-process
+(:func:`read_pcm16_wav`), since for it ffmpeg does nothing but ``int16 / 32768`` (exact in
+float32); starting the ffmpeg process cost ~17 ms of the ~27 ms a 3 s WAV took. Any other file,
+or a WAV with anything unusual, still goes to ffmpeg, so the waveform (and the shards) are
+byte-identical either way.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import functools
 import os
 import re
 import shutil
+import struct
 
 import numpy as np
 
@@ -95,7 +102,8 @@ def decode_frames(path: str, num_frames: int) -> tuple[np.ndarray, VideoInfo]:
         frames = vr.get_batch(frame_indices(info, num_frames)).asnumpy()  # [T, H, W, 3]
     except MediaError:
         raise
-    except (RuntimeError, OSError, IndexError) as e:  # decord raises RuntimeError for corrupt input
+    except (RuntimeError, OSError, IndexError, AssertionError, decord.DECORDError) as e:  # corrupt input: RuntimeError
+        # or DECORDError (a plain Exception); decord asserts num_frames > 0 on some truncated files
         raise MediaError(f"video cannot be decoded: {_first_line(e)}") from None
     return frames, info
 
@@ -109,6 +117,9 @@ def decode_audio(path: str, sample_rate: int) -> np.ndarray:
     import ffmpeg
 
     check_file(path, "audio")
+    wave = read_pcm16_wav(path, sample_rate)
+    if wave is not None:
+        return wave
     try:
         out, _ = (
             ffmpeg.input(path)
@@ -125,6 +136,49 @@ def decode_audio(path: str, sample_rate: int) -> np.ndarray:
     if wave.size == 0:
         raise MediaError("audio has zero length")
     return wave
+
+
+def read_pcm16_wav(path: str, sample_rate: int) -> np.ndarray | None:
+    """The samples of a plain 16-bit PCM mono WAV at ``sample_rate``, as float32 [S]; else None.
+
+    Returns exactly what :func:`decode_audio`'s ffmpeg command gives for such a file (no
+    resampling, no downmix; s16 -> float32 is ``x / 32768``, exact). None, leaving the file to
+    ffmpeg, for anything else: another format, rate, channel count or sample format
+    (WAVE_FORMAT_EXTENSIBLE included), no or empty ``data`` chunk, a second ``fmt `` or ``data``
+    chunk, a chunk cut short, trailing bytes, an S/PDIF sync word in the samples (ffmpeg would
+    probe it as a compressed bitstream), or a read error.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] != b"RIFF" or head[8:] != b"WAVE":
+                return None
+            rest = f.read()  # the chunks
+    except OSError:
+        return None
+    pos, fmt, pcm = 0, None, None
+    while pos + 8 <= len(rest):
+        tag, size = rest[pos:pos + 4], int.from_bytes(rest[pos + 4:pos + 8], "little")
+        body = rest[pos + 8:pos + 8 + size]
+        if len(body) != size:
+            return None
+        if tag == b"fmt ":
+            if fmt is not None:
+                return None
+            fmt = body
+        elif tag == b"data":
+            if pcm is not None or fmt is None:
+                return None
+            pcm = body
+        pos += 8 + size + (size & 1)  # chunks are padded to an even size
+    if pos < len(rest) or fmt is None or len(fmt) < 16 or not pcm or len(pcm) % 2 or SPDIF_SYNC in pcm:
+        return None
+    if struct.unpack("<HHIIHH", fmt[:16]) != (1, 1, sample_rate, 2 * sample_rate, 2, 16):
+        return None  # format tag PCM, 1 channel, rate, byte rate, block align, bits per sample
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) * np.float32(1 / 32768)  # [S]
+
+
+SPDIF_SYNC = b"\x72\xf8\x1f\x4e"  # IEC 61937 preamble as ffmpeg's WAV demuxer probes it in PCM data
 
 
 def _first_line(e: object) -> str:

@@ -18,3 +18,21 @@ def test_remix_quality_small_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| only_video |" in out.stdout and "| remix, guard extend_warmup |" in out.stdout
     assert (tmp_path / "remix_quality_small.json").exists()
+
+
+def test_extract_benchmark_profile_small_runs():
+    out = subprocess.run([sys.executable, "benchmarks/extract.py", "--small", "--profile", "6"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| decode audio |" in out.stdout and "| decode video (decord) |" in out.stdout
+    assert "| **total** |" in out.stdout and "now / before" in out.stdout
+
+
+def test_loader_benchmark_small_runs(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/loader.py", "--small", "--out", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| 0 |" in out.stdout and "| 2 |" in out.stdout
+    assert "shards / folder" in out.stdout and "shards / floor" in out.stdout
+    assert "loose / shards: dvc add" in out.stdout and "dvc push" in out.stdout and "dvc pull" in out.stdout
+    assert (tmp_path / "loader_small.md").exists() and (tmp_path / "loader_small.json").exists()

@@ -155,6 +155,7 @@ def test_bad_inputs_are_rejected_and_good_output_unchanged(cremad_raw, kinetics_
 
     add("1090_DFA_NEU_XX", video=flv[: len(flv) // 10])  # truncated video
     add("1090_IEO_NEU_XX", video=b"FLV\x01" + bytes(range(256)) * 8)  # corrupt video
+    add("1090_WSI_NEU_XX", video=flv[:200])  # cut to its header: decord raises DECORDError, not RuntimeError
     add("1090_TIE_NEU_XX", audio=None)  # missing WAV
     add("1090_IOM_NEU_XX", audio=b"")  # zero-length WAV file
     add("1090_IWW_NEU_XX", audio=None)
@@ -168,6 +169,7 @@ def test_bad_inputs_are_rejected_and_good_output_unchanged(cremad_raw, kinetics_
     expected = {
         "1090_DFA_NEU_XX": "truncated",
         "1090_IEO_NEU_XX": "video cannot be decoded",
+        "1090_WSI_NEU_XX": "video cannot be decoded",
         "1090_TIE_NEU_XX": "audio file not found",
         "1090_IOM_NEU_XX": "audio file is empty",
         "1090_IWW_NEU_XX": "audio is silent",
