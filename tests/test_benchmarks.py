@@ -36,3 +36,11 @@ def test_loader_benchmark_small_runs(tmp_path):
     assert "shards / folder" in out.stdout and "shards / floor" in out.stdout
     assert "loose / shards: dvc add" in out.stdout and "dvc push" in out.stdout and "dvc pull" in out.stdout
     assert (tmp_path / "loader_small.md").exists() and (tmp_path / "loader_small.json").exists()
+
+
+def test_epoch_cost_small_runs(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/epoch_cost.py", "--small", "--out", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| remix, input mask + skip + online |" in out.stdout and "epoch / baseline epoch" in out.stdout
+    assert (tmp_path / "epoch_cost_small.json").exists()
