@@ -4,6 +4,7 @@ Usage (in the repository root, the venv active)::
 
     python -m experiments.grid --methods baseline remix --fusions concat --seeds 0 1 2 \\
         [--set train.epochs=4 ...] [--name NAME] [--jobs 1] [--force | --skip-existing] [--dry-run]
+    python -m experiments.grid --paper --seeds 0 1 2 [--skip-existing]   # every run of Tables 1-6, queued at once
 
 Each run is queued as::
 
@@ -48,6 +49,18 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 GRID_KEYS = ("train.methods", "train.fusion", "train.seed")  # set by the grid itself, not by --set
+
+# The grids behind the paper's Tables 1-6 (``--paper``), in the order they run: (methods, fusions, --set values).
+PAPER_GRIDS = (
+    (("baseline", "remix"), ("concat", "sum", "decision", "film", "gated"), ()),  # Table 1
+    (("baseline", "ogm_ge", "pmr", "gblend", "resample", "mla", "remix", "resample_remix", "mla_remix"),
+     ("concat",), ()),  # Tables 2 and 3
+    (("baseline", "greedy"), ("mmtm",), ()),  # Tables 2 and 3 (Greedy needs MMTM)
+    (("baseline", "remix"), ("mmtm", "centralnet"), ()),  # Table 4
+    (("remix",), ("concat",), ("train.ablation=decouple",)),  # Table 5
+    (("remix",), ("concat",), ("train.ablation=reassemble",)),  # Table 5
+    (("remix",), ("concat",), ("train.unimodal_pred=dropout",)),  # Table 6
+)
 STATUSES = ("Queued", "Running", "Success", "Failed", "Unknown")  # the Status column of `dvc queue status`
 
 
@@ -118,6 +131,16 @@ def build_specs(methods: Sequence[str], fusions: Sequence[str], seeds: Sequence[
     if len(set(names)) != len(names):
         raise ValueError(f"the grid repeats experiment names: {sorted({n for n in names if names.count(n) > 1})}")
     return specs
+
+
+def paper_specs(seeds: Sequence[int], sets: Sequence[str] = ()) -> list[Spec]:
+    """Every experiment of :data:`PAPER_GRIDS` over ``seeds`` (extra ``sets`` appended to each), each name once:
+    a run shared by two tables (e.g. baseline/concat, in Tables 1-3) is queued once."""
+    specs: dict[str, Spec] = {}
+    for methods, fusions, grid_sets in PAPER_GRIDS:
+        for s in build_specs(methods, fusions, seeds, [*grid_sets, *sets]):
+            specs.setdefault(s.name, s)
+    return list(specs.values())
 
 
 def parse_queue_status(text: str, names: Iterable[str] | None = None) -> list[tuple[str, str, str]]:
@@ -239,7 +262,10 @@ def run_grid(specs: list[Spec], *, cwd: str | Path = ".", jobs: int = 1, interva
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.grid", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--methods", nargs="+", required=True, help="values of train.methods, one experiment each")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--methods", nargs="+", help="values of train.methods, one experiment each")
+    what.add_argument("--paper", action="store_true",
+                      help="every grid of the paper's Tables 1-6 (PAPER_GRIDS) over --seeds, shared runs once")
     ap.add_argument("--fusions", nargs="+", default=["concat"], help="values of train.fusion")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="values of train.seed")
     ap.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -254,7 +280,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--dry-run", action="store_true", help="print the dvc commands, run nothing")
     args = ap.parse_args(argv)
     try:
-        specs = build_specs(args.methods, args.fusions, args.seeds, args.sets, args.name)
+        if args.paper and args.name:
+            raise ValueError("--paper names its experiments itself (as the single grids do); drop --name")
+        specs = (paper_specs(args.seeds, args.sets) if args.paper
+                 else build_specs(args.methods, args.fusions, args.seeds, args.sets, args.name))
         names = run_grid(specs, jobs=args.jobs, interval=args.poll, timeout=args.timeout, force=args.force,
                          skip_existing=args.skip_existing, dry_run=args.dry_run)
     except (GridError, ValueError) as e:

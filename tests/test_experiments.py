@@ -136,6 +136,23 @@ def test_grid_commands_and_checks(capsys):
         "-S train.seed=0 -S train.lr=0.01", "dvc queue start -j 1"]
 
 
+def test_paper_grid_queues_each_shared_run_once():
+    specs = grid.paper_specs([0, 1])
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names))
+    # the single grids' names, so --paper and the per-table commands see each other's runs (--skip-existing)
+    single = {s.name for methods, fusions, sets in grid.PAPER_GRIDS for s in grid.build_specs(methods, fusions, [0, 1], sets)}
+    assert set(names) == single
+    assert names.count("grid-baseline-concat-s0") == 1  # Tables 1, 2 and 3 share it
+    # 2 x 5 late fusions, 7 more methods on concat, greedy + baseline on mmtm, remix on mmtm, 2 on centralnet, 3 settings
+    assert len(specs) == 2 * (10 + 7 + 2 + 1 + 2 + 3)
+    assert {s.sets for s in specs if s.method == "remix" and s.fusion == "concat"} == {
+        (), ("train.ablation=decouple",), ("train.ablation=reassemble",), ("train.unimodal_pred=dropout",)}
+    assert grid.paper_specs([0], ["train.epochs=4"])[0].sets == ("train.epochs=4",)
+    with pytest.raises(SystemExit, match="--name"):
+        grid.main(["--paper", "--name", "x", "--dry-run"])
+
+
 STATUS = """Task     Name           Created    Status
 a816da0  old-run        Nov 24, 2026   Failed
 fe0dfa7  g-boom-s1      06:29 AM   Running
