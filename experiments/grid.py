@@ -134,13 +134,16 @@ def build_specs(methods: Sequence[str], fusions: Sequence[str], seeds: Sequence[
 
 
 def paper_specs(seeds: Sequence[int], sets: Sequence[str] = ()) -> list[Spec]:
-    """Every experiment of :data:`PAPER_GRIDS` over ``seeds`` (extra ``sets`` appended to each), each name once:
-    a run shared by two tables (e.g. baseline/concat, in Tables 1-3) is queued once."""
+    """Every experiment of :data:`PAPER_GRIDS` over ``seeds`` (extra ``sets`` appended to each), each name once
+    (a run shared by two tables, e.g. baseline/concat in Tables 1-3, is queued once), seed-major: every cell of
+    every table at the first seed, then at the second, ... so that a grid stopped early (``dvc queue stop``)
+    leaves every table filled at fewer seeds rather than some tables empty."""
     specs: dict[str, Spec] = {}
     for methods, fusions, grid_sets in PAPER_GRIDS:
         for s in build_specs(methods, fusions, seeds, [*grid_sets, *sets]):
             specs.setdefault(s.name, s)
-    return list(specs.values())
+    order = {int(seed): i for i, seed in reversed(list(enumerate(seeds)))}
+    return sorted(specs.values(), key=lambda s: order[s.seed])  # stable: table order within a seed
 
 
 def parse_queue_status(text: str, names: Iterable[str] | None = None) -> list[tuple[str, str, str]]:

@@ -104,6 +104,7 @@ class Record:
     train_s: float | None = None  # sum over epochs of history `train_s` (s)
     score_s: float | None = None  # sum over epochs of history `score_s` (s)
     epoch_s: float | None = None  # sum over epochs of history `epoch_s` (s)
+    history: tuple = ()  # log.json history rows, one dict per epoch (for per-epoch plots: experiments.figure3)
 
     def param(self, key: str, default: Any = None) -> Any:
         return self.params.get(key, default)
@@ -162,6 +163,7 @@ def records_from_show(show: list[dict], read_log: Callable[[str, str], dict | No
                 metrics = ((data.get("metrics") or {}).get(f"runs/{method}/metrics.json") or {}).get("data")
                 if not metrics:
                     continue
+                log = read_log(entry["rev"], method)
                 seed = int(params.get("train.seed", -1))
                 if seed < 0:
                     seed = int(params.get("base.seed", 0))
@@ -169,7 +171,7 @@ def records_from_show(show: list[dict], read_log: Callable[[str, str], dict | No
                     name=entry.get("name") or exp.get("name") or entry["rev"][:7], rev=entry["rev"],
                     timestamp=data.get("timestamp") or "", method=method, fusion=str(params.get("train.fusion")),
                     seed=seed, params=params, overrides=_overrides(params, base, method), metrics=metrics,
-                    **log_summary(read_log(entry["rev"], method))))
+                    **log_summary(log), history=tuple((log or {}).get("history") or ())))
     return records
 
 

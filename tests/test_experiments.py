@@ -3,6 +3,7 @@ mean ± std, the Markdown tables): unit tests on hand-made records, and one real
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -148,6 +149,8 @@ def test_paper_grid_queues_each_shared_run_once():
     assert len(specs) == 2 * (10 + 7 + 2 + 1 + 2 + 3)
     assert {s.sets for s in specs if s.method == "remix" and s.fusion == "concat"} == {
         (), ("train.ablation=decouple",), ("train.ablation=reassemble",), ("train.unimodal_pred=dropout",)}
+    assert [s.seed for s in specs] == [0] * (len(specs) // 2) + [1] * (len(specs) // 2)  # seed-major
+    assert [s.name for s in specs[:3]] == ["grid-baseline-concat-s0", "grid-baseline-sum-s0", "grid-baseline-decision-s0"]
     assert grid.paper_specs([0], ["train.epochs=4"])[0].sets == ("train.epochs=4",)
     with pytest.raises(SystemExit, match="--name"):
         grid.main(["--paper", "--name", "x", "--dry-run"])
@@ -240,3 +243,36 @@ def test_grid_then_tables_end_to_end(project):
                "--poll", "3", "--timeout", "200")  # fails loudly, naming the experiment
     assert bad.returncode != 0 and "experiment 'bad-nosuch-concat-s0'" in bad.stderr and "failed" in bad.stderr, \
         bad.stdout + bad.stderr
+
+
+def _rec(name, method, seed, history, ts="2026-01-01", **overrides):
+    params = {"train.ablation": "full", "train.unimodal_pred": "heads", "train.grad_angle": "", "train.warmup_epochs": 1,
+              **overrides}
+    return tables.Record(name=name, rev=name, timestamp=ts, method=method, fusion="concat", seed=seed, params=params,
+                         overrides=overrides, metrics={}, history=tuple(history))
+
+
+def test_figure3_curves_average_seeds_and_split_by_reassembly(tmp_path):
+    from experiments import figure3
+
+    rows = lambda *angles: [{"epoch": e, "grad_angle_audio": a, "assigned_audio": 10 * e, "assigned_video": 5,  # noqa: E731
+                             "imbalance_ratio": 2.0 - e} for e, a in enumerate(angles)]
+    records = [
+        _rec("full0", "remix", 0, rows(10.0, 20.0), **{"train.grad_angle": "audio"}),
+        _rec("full1", "remix", 1, rows(30.0, 40.0), **{"train.grad_angle": "audio"}),
+        _rec("full1-old", "remix", 1, rows(90.0, 90.0), ts="2025-01-01", **{"train.grad_angle": "audio"}),  # replaced
+        _rec("dec0", "remix", 0, rows(50.0, 70.0), **{"train.grad_angle": "audio", "train.ablation": "decouple"}),
+        _rec("base0", "baseline", 0, rows(None, None)),
+        _rec("lr0", "remix", 0, rows(1.0, 1.0), **{"train.lr": 0.1}),  # another setting: in no curve
+    ]
+    p = figure3.panels(records, ["audio", "video"], "audio")
+    full, dec = p["c"]
+    assert (full.n, full.epochs, full.mean) == (2, [0, 1], [20.0, 30.0])
+    assert full.std[0] == pytest.approx(math.sqrt(200.0))
+    assert (dec.n, dec.mean, math.isnan(dec.std[0])) == (1, [50.0, 70.0], True)
+    assert figure3.remix_epoch_mean(dec, warmup_epochs=1) == 70.0
+    assert [c.label for c in p["b"]] == ["baseline", "remix"] and p["b"][0].mean == [2.0, 1.0]
+    assert p["a"][0].mean == [0.0, 10.0] and p["a"][1].mean == [5.0, 5.0]
+    figure3.render(p, "audio", tmp_path / "f.png", warmup_epochs=1)
+    assert (tmp_path / "f.png").stat().st_size > 0
+    assert figure3.panels([], ["audio"], "audio") == {"a": [], "b": [], "c": []}

@@ -111,10 +111,12 @@ def test_workers_give_identical_bytes(cremad_raw, tmp_path):
 def test_parts_merge_to_single_run_bytes(cremad_raw, tmp_path):
     manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
     run(manifest, classes, tmp_path / "single", shard_size=2)
+    plan = plan_shards(read_manifest(manifest), 2)
     for i in range(3):
-        stats = run(manifest, classes, tmp_path / "parts", shard_size=2, part=f"{i}/3")
-        assert all(p.number % 3 == i for p in plan_shards(read_manifest(manifest), 2)
-                   if (tmp_path / "parts" / f"{p.split}-{p.number:06d}.tar").exists()) or i > 0
+        before = {t.name for t in (tmp_path / "parts").glob("*.tar")}
+        run(manifest, classes, tmp_path / "parts", shard_size=2, part=f"{i}/3")
+        made = {t.name for t in (tmp_path / "parts").glob("*.tar")} - before
+        assert made == {f"{p.split}-{p.number:06d}.tar" for p in plan if p.number % 3 == i}  # part i: shards i, i+3, ...
     assert not (tmp_path / "parts" / "index.h5").exists()
     merge_parts(out_dir=tmp_path / "parts", num_parts=3, max_reject_fraction=0.5)
     assert tree_bytes(tmp_path / "single") == tree_bytes(tmp_path / "parts")

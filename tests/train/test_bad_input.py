@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.params import from_mapping
 from pipeline.shards import IndexReader
 from tests.train.test_data import extracted_features
 from tests.train.test_resume import CONFIG, kill_at, launch

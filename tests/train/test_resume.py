@@ -1,13 +1,15 @@
 """Exact resume after SIGKILL and data-parallel training under torchrun (2 CPU processes, gloo).
 
 Every run is a real process (`tests/train/run_train.py`), killed with SIGKILL to its whole process
-group (torchrun and both ranks) when its per-step log reaches a step drawn at random.
+group (torchrun and both ranks) when its per-step log reaches a step drawn at random in the middle of an
+epoch (so that the state it resumes from is a mid-epoch one, whichever of the last two states is on disk).
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -97,10 +99,15 @@ def index(cremad_raw, tmp_path_factory) -> Path:
 def test_sigkill_at_a_random_step_then_rerun_gives_the_uninterrupted_weights(index, tmp_path, nproc):
     clean = tmp_path / "clean"
     finish(launch(index, clean, "remix", nproc))
-    total = steps_done(clean)
-    step = random.Random(nproc).randrange(2, total)  # the state of step - 1 at least is on disk
+    # a step in the middle of a remix epoch, as are its neighbours: whether the kill lands before or after the
+    # state of `step` is written, the run resumes mid-epoch, where the ranks' BatchNorm statistics still differ
+    log = steps(clean, 0)
+    middle = [s for prev, s, nxt in zip(log, log[1:], log[2:]) if prev["epoch"] == s["epoch"] == nxt["epoch"]
+              and s["epoch"] >= CONFIG["warmup_epochs"] and prev["step"] >= 1]
+    assert middle, "no mid-epoch step: make the test data or epochs larger"
+    kill = random.Random(nproc).choice(middle)
     killed = tmp_path / "killed"
-    kill_at(launch(index, killed, "remix", nproc), killed, step)
+    kill_at(launch(index, killed, "remix", nproc), killed, kill["global_step"])
     assert (killed / RESUME).exists() and not (killed / "log.json").exists()
     if nproc > 1:  # another world size is refused, naming the state file
         other = tmp_path / "other"
@@ -108,7 +115,9 @@ def test_sigkill_at_a_random_step_then_rerun_gives_the_uninterrupted_weights(ind
         with pytest.raises(RuntimeError, match=r"resume.pt: saved by a run on 2 process\(es\), this run has 1"):
             train(index_path=index, out_dir=other, method="remix", config=TrainConfig(**CONFIG), seed=0)
     out = finish(launch(index, killed, "remix", nproc))
-    assert "resuming at epoch" in out
+    resumed = re.search(r"resuming at epoch (\d+), step (\d+)", out)
+    assert resumed, out[-2000:]
+    assert int(resumed[1]) == kill["epoch"] and int(resumed[2]) in (kill["step"] - 1, kill["step"])  # mid-epoch
     assert_same_run(clean, killed)
 
 
