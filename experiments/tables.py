@@ -24,7 +24,8 @@ of log.json history rows' ``expansion`` (1.0 where a row has none: no resampling
 epochs of the history rows' ``train_s`` (training steps), ``score_s`` (remix scoring passes) and
 ``epoch_s`` (whole epochs, validation included), in seconds.
 
-The tables and the grids that fill them (method names as registered in train/methods):
+The tables and the grids that fill them (method names as registered in train/methods); all of them at once,
+each shared run once: ``python -m experiments.grid --paper --seeds 0 1 2``:
 
 - Table 1, late fusions x {baseline, remix} (rows: every fusion run except mmtm / centralnet)::
 

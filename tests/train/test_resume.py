@@ -32,6 +32,8 @@ from train.trainer import RESUME, TrainConfig, accuracies, multimodal_loader, pr
 CONFIG = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none",
               checkpoint_every=1)
 TIMINGS = ("epoch_s", "score_s", "train_s")
+# global batch 2: four or more steps per epoch on the 8 training clips, so a remix epoch has a middle
+MID_EPOCH = {**CONFIG, "batch_size": 2}
 
 
 def launch(index: Path, out: Path, method: str, nproc: int, *extra: str, config: dict = CONFIG) -> subprocess.Popen:
@@ -98,23 +100,23 @@ def index(cremad_raw, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_sigkill_at_a_random_step_then_rerun_gives_the_uninterrupted_weights(index, tmp_path, nproc):
     clean = tmp_path / "clean"
-    finish(launch(index, clean, "remix", nproc))
+    finish(launch(index, clean, "remix", nproc, config=MID_EPOCH))
     # a step in the middle of a remix epoch, as are its neighbours: whether the kill lands before or after the
     # state of `step` is written, the run resumes mid-epoch, where the ranks' BatchNorm statistics still differ
     log = steps(clean, 0)
     middle = [s for prev, s, nxt in zip(log, log[1:], log[2:]) if prev["epoch"] == s["epoch"] == nxt["epoch"]
               and s["epoch"] >= CONFIG["warmup_epochs"] and prev["step"] >= 1]
-    assert middle, "no mid-epoch step: make the test data or epochs larger"
+    assert middle, f"no mid-epoch step in {[(s['epoch'], s['step']) for s in log]}"
     kill = random.Random(nproc).choice(middle)
     killed = tmp_path / "killed"
-    kill_at(launch(index, killed, "remix", nproc), killed, kill["global_step"])
+    kill_at(launch(index, killed, "remix", nproc, config=MID_EPOCH), killed, kill["global_step"])
     assert (killed / RESUME).exists() and not (killed / "log.json").exists()
     if nproc > 1:  # another world size is refused, naming the state file
         other = tmp_path / "other"
         shutil.copytree(killed, other)
         with pytest.raises(RuntimeError, match=r"resume.pt: saved by a run on 2 process\(es\), this run has 1"):
-            train(index_path=index, out_dir=other, method="remix", config=TrainConfig(**CONFIG), seed=0)
-    out = finish(launch(index, killed, "remix", nproc))
+            train(index_path=index, out_dir=other, method="remix", config=TrainConfig(**MID_EPOCH), seed=0)
+    out = finish(launch(index, killed, "remix", nproc, config=MID_EPOCH))
     resumed = re.search(r"resuming at epoch (\d+), step (\d+)", out)
     assert resumed, out[-2000:]
     # mid-epoch: the kill's epoch (an epoch-end state would name the next one, step 0), at least one step in
