@@ -4,7 +4,8 @@ Usage (in the repository root)::
 
     python -m experiments.tables [--out results/paper_tables] [--all-commits]
 
-prints every table as Markdown and writes ``<out>/tables.md`` and one ``<out>/tableN.png`` per table.
+prints every table as Markdown and writes ``<out>/tables.md`` and one ``<out>/tableN.png`` per table: its
+numbers as grouped bars (mean, sample-std error bar, one dot per seed), rows along x, columns as bars.
 
 Collecting (why this way): one ``dvc exp show --json`` call gives every experiment of HEAD (of every
 commit with ``--all-commits``) with its full params and its metrics: ``runs/<method>/metrics.json`` is
@@ -224,9 +225,14 @@ def latest_per_seed(records: Iterable[Record]) -> list[Record]:
     return [best[s] for s in sorted(best)]
 
 
+def seed_values(records: Iterable[Record], value: Callable[[Record], float | None]) -> list[float]:
+    """``value`` of each distinct seed's newest run, in seed order (runs without the value left out)."""
+    return [v for v in (value(r) for r in latest_per_seed(records)) if v is not None]
+
+
 def stat(records: Iterable[Record], value: Callable[[Record], float | None]) -> Stat | None:
     """Mean ± std of ``value`` over the distinct seeds of ``records`` (runs without the value left out)."""
-    vals = [v for v in (value(r) for r in latest_per_seed(records)) if v is not None]
+    vals = seed_values(records, value)
     return Stat.of(vals) if vals else None
 
 
@@ -270,19 +276,28 @@ class Table:
     title: str
     header: list[str]
     rows: list[list[str]]  # formatted cells, the first one the row label
+    bars: list[tuple[str, dict[str, list[float]]]] = dataclasses.field(default_factory=list)  # plotted:
+    # per row, its label and {series (a column): the per-seed values}
+    unit: str = "test accuracy (%)"  # the plot's y axis
+
+
+def pct(records: Iterable[Record], key: str) -> list[float]:
+    """Per-seed ``metrics[key]`` in %."""
+    return [100 * v for v in seed_values(records, acc(key))]
 
 
 def _fusion_table(key: str, title: str, records: list[Record], intermediate: bool) -> Table:
     sel = [r for r in records if r.method in ("baseline", "remix") and _default_setting(r)
            and (r.fusion in INTERMEDIATE) == intermediate]
-    rows = []
+    rows, bars = [], []
     for (fusion, var), rs in sorted(_groups(sel, lambda r: (r.fusion, variant(r))).items(),
                                     key=lambda kv: (_fusion_key(kv[0][0]), kv[0][1])):
-        b = stat([r for r in rs if r.method == "baseline"], acc("acc_fused"))
-        m = stat([r for r in rs if r.method == "remix"], acc("acc_fused"))
+        by = {m: [r for r in rs if r.method == m] for m in ("baseline", "remix")}
+        b, m = (stat(by[k], acc("acc_fused")) for k in ("baseline", "remix"))
         gain = f"{(m.mean - b.mean) * 100:+.2f}" if b and m else DASH
         rows.append([_label(fusion, var), fmt(b, 100), fmt(m, 100), gain])
-    return Table(key, title, ["fusion", "baseline", "remix", "gain (points)"], rows)
+        bars.append((_label(fusion, var), {k: pct(v, "acc_fused") for k, v in by.items()}))
+    return Table(key, title, ["fusion", "baseline", "remix", "gain (points)"], rows, bars)
 
 
 def table1(records: list[Record]) -> Table:
@@ -309,21 +324,28 @@ def table2(records: list[Record]) -> Table:
     rows = [[_label(method, var), fusion, fmt(stat(rs, acc("acc_fused")), 100),
              *[fmt(stat(rs, acc(f"acc_{m}")), 100) for m in mods], fmt(stat(rs, lambda r: r.expansion))]
             for (method, fusion, var), rs in groups]
+    bars = [(f"{_label(method, var)}\n{fusion}", {"fused": pct(rs, "acc_fused"),
+                                                  **{f"{m}-only": pct(rs, f"acc_{m}") for m in mods}})
+            for (method, fusion, var), rs in groups]
     return Table("table2", "Table 2: balancing methods (test accuracy %, expansion factor of the training set)",
-                 ["method", "fusion", "fused", *[f"{m}-only" for m in mods], "expansion"], rows)
+                 ["method", "fusion", "fused", *[f"{m}-only" for m in mods], "expansion"], rows, bars)
 
 
 def table3(records: list[Record]) -> Table:
     groups = _method_rows(records)
     total = {k: stat(rs, lambda r: r.epoch_s) for k, rs in groups}
-    rows = []
+    rows, bars = [], []
     for (method, fusion, var), rs in groups:
         base, mine = total.get(("baseline", fusion, var)), total[(method, fusion, var)]
         ratio = f"{mine.mean / base.mean:.2f}" if base and mine and base.mean > 0 else DASH
         rows.append([_label(method, var), fusion, fmt(stat(rs, lambda r: r.train_s)),
                      fmt(stat(rs, lambda r: r.score_s)), fmt(mine), ratio])
+        bars.append((f"{_label(method, var)}\n{fusion}", {"train steps": seed_values(rs, lambda r: r.train_s),
+                                                          "scoring": seed_values(rs, lambda r: r.score_s),
+                                                          "total": seed_values(rs, lambda r: r.epoch_s)}))
     return Table("table3", "Table 3: training time per method (s, summed over epochs; ratio of total to baseline)",
-                 ["method", "fusion", "train steps s", "scoring s", "total s", "x baseline"], rows)
+                 ["method", "fusion", "train steps s", "scoring s", "total s", "x baseline"], rows, bars,
+                 unit="time (s)")
 
 
 def _setting_table(key: str, title: str, records: list[Record], param: str, default: str, order: Sequence[str],
@@ -334,15 +356,15 @@ def _setting_table(key: str, title: str, records: list[Record], param: str, defa
     base = [r for r in records if r.method == "baseline" and _default_setting(r)]
     values = list(order) + sorted({r.param(param, default) for r in remix} - set(order))
     groups = _groups(remix, lambda r: (r.fusion, variant(r, [param])))
-    rows = []
+    rows, bars = [], []
     for (fusion, var), rs in sorted(groups.items(), key=lambda kv: (_fusion_key(kv[0][0]), kv[0][1])):
         if all(r.param(param, default) == default for r in rs):
             continue  # only the default setting: nothing of this table
-        b = stat([r for r in base if r.fusion == fusion and variant(r, [param]) == var], acc("acc_fused"))
-        rows.append([_label(fusion, var), fmt(b, 100),
-                     *[fmt(stat([r for r in rs if r.param(param, default) == v], acc("acc_fused")), 100)
-                       for v in values]])
-    return Table(key, title, ["fusion", "baseline", *[f"remix {v}" for v in values]], rows)
+        cells = {"baseline": [r for r in base if r.fusion == fusion and variant(r, [param]) == var],
+                 **{f"remix {v}": [r for r in rs if r.param(param, default) == v] for v in values}}
+        rows.append([_label(fusion, var), *[fmt(stat(c, acc("acc_fused")), 100) for c in cells.values()]])
+        bars.append((_label(fusion, var), {k: pct(c, "acc_fused") for k, c in cells.items()}))
+    return Table(key, title, ["fusion", "baseline", *[f"remix {v}" for v in values]], rows, bars)
 
 
 def table5(records: list[Record]) -> Table:
@@ -398,21 +420,35 @@ def document(tables: Sequence[Table]) -> str:
 
 
 def render_png(table: Table, path: Path) -> None:
-    """The table as an image (matplotlib, headless)."""
+    """The table as grouped bars (matplotlib, headless): per row, one bar per series at its mean over seeds,
+    a sample-std error bar where n > 1, and each seed's value as a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    if table.rows:
-        ncol, nrow = len(table.header), len(table.rows)
-        width = max(6.0, sum(max(len(c) for c in col) for col in zip(table.header, *table.rows)) * 0.09)
-        fig, ax = plt.subplots(figsize=(width, 0.9 + 0.35 * (nrow + 1)))
-        ax.axis("off")
-        tab = ax.table(cellText=table.rows, colLabels=table.header, loc="center", cellLoc="center")
-        tab.auto_set_font_size(False)
-        tab.set_fontsize(9)
-        tab.auto_set_column_width(list(range(ncol)))
+    if table.bars:
+        series = list(dict.fromkeys(k for _, cells in table.bars for k in cells))
+        width = 0.8 / len(series)
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(series) * len(table.bars) + 1.5), 4.2))
+        for j, name in enumerate(series):
+            label = name  # in the legend once
+            for i, (_, cells) in enumerate(table.bars):
+                vals = cells.get(name, [])
+                if not vals:
+                    continue
+                x = i + (j - (len(series) - 1) / 2) * width
+                ax.bar(x, float(np.mean(vals)), width, color=f"C{j}", label=label, alpha=0.8, capsize=2,
+                       yerr=float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+                ax.plot([x] * len(vals), vals, "k.", markersize=3)
+                label = None
+        labels = [label for label, _ in table.bars]
+        tilt = len(labels) > 6 or max(len(x) for x in labels) > 14
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30 if tilt else 0, ha="right" if tilt else "center")
+        ax.set_ylabel(table.unit)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
     else:
         fig, ax = plt.subplots(figsize=(9, 1.5))
         ax.axis("off")

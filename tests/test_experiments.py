@@ -98,6 +98,19 @@ def test_table1_groups_seeds_and_variants(records):
     assert "mmtm" not in md and reference.MISSING in md
 
 
+def test_plotted_bars_are_the_tables_seed_values(records, tmp_path):
+    t1, t5 = tables.table1(records), tables.table5(records)
+    assert t1.bars[0] == ("concat", {"baseline": pytest.approx([80.0, 70.0]), "remix": pytest.approx([90.0, 86.0])})
+    assert t1.bars[1] == ("sum (epochs=4)", {"baseline": pytest.approx([60.0]), "remix": []})
+    assert t5.bars == [("concat", {"baseline": pytest.approx([80.0, 70.0]), "remix decouple": pytest.approx([82.0, 78.0]),
+                                   "remix reassemble": [], "remix full": pytest.approx([90.0, 86.0])})]
+    t3 = tables.table3(records)
+    assert (t3.unit, t3.bars[0][1]["total"], t3.bars[1][1]["scoring"]) == ("time (s)", [5.0, 7.0], [1.5, 1.5])
+    for t in (t1, t3, tables.table6(records)):  # bars, and a table with no runs
+        tables.render_png(t, tmp_path / f"{t.key}.png")
+        assert (tmp_path / f"{t.key}.png").stat().st_size > 0
+
+
 def test_tables_2_to_6(records):
     t2 = tables.table2(records)
     assert t2.header == ["method", "fusion", "fused", "audio-only", "video-only", "expansion"]
