@@ -1,10 +1,10 @@
 """The paper's Figure 3 from DVC experiments: per epoch, (a) the samples Remix assigns to each modality,
 (b) the imbalance ratio, (c) the gradient-direction discrepancy with and without reassembly.
 
-Usage (in the repository root; the two runs of panel (c), then the plot)::
+Usage (in the repository root; the two runs of panel (c), also queued by ``experiments.grid --paper``, then the plot)::
 
-    python -m experiments.grid --methods remix --fusions concat --seeds 0 --set train.grad_angle=audio
-    python -m experiments.grid --methods remix --fusions concat --seeds 0 --set train.grad_angle=audio train.ablation=decouple
+    python -m experiments.grid --methods remix --fusions concat --seeds 0 1 2 --set train.grad_angle=audio
+    python -m experiments.grid --methods remix --fusions concat --seeds 0 1 2 --set train.grad_angle=audio train.ablation=decouple
     python -m experiments.figure3 [--modality audio] [--out results/paper_tables] [--all-commits]
 
 writes ``<out>/figure3.png`` and prints, per curve of (c), the mean angle over the remix epochs.

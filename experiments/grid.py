@@ -4,7 +4,7 @@ Usage (in the repository root, the venv active)::
 
     python -m experiments.grid --methods baseline remix --fusions concat --seeds 0 1 2 \\
         [--set train.epochs=4 ...] [--name NAME] [--jobs 1] [--force | --skip-existing] [--dry-run]
-    python -m experiments.grid --paper --seeds 0 1 2 [--skip-existing]   # every run of Tables 1-6, queued at once
+    python -m experiments.grid --paper --seeds 0 1 2 [--skip-existing]   # every run of Tables 1-6 and Figure 3, queued at once
 
 Each run is queued as::
 
@@ -50,7 +50,7 @@ from typing import Callable, Iterable, Sequence
 
 GRID_KEYS = ("train.methods", "train.fusion", "train.seed")  # set by the grid itself, not by --set
 
-# The grids behind the paper's Tables 1-6 (``--paper``), in the order they run: (methods, fusions, --set values).
+# The grids behind the paper's Tables 1-6 and Figure 3 (``--paper``), in the order they run: (methods, fusions, --set values).
 PAPER_GRIDS = (
     (("baseline", "remix"), ("concat", "sum", "decision", "film", "gated"), ()),  # Table 1
     (("baseline", "ogm_ge", "pmr", "gblend", "resample", "mla", "remix", "resample_remix", "mla_remix"),
@@ -60,6 +60,8 @@ PAPER_GRIDS = (
     (("remix",), ("concat",), ("train.ablation=decouple",)),  # Table 5
     (("remix",), ("concat",), ("train.ablation=reassemble",)),  # Table 5
     (("remix",), ("concat",), ("train.unimodal_pred=dropout",)),  # Table 6
+    (("remix",), ("concat",), ("train.grad_angle=audio",)),  # Figure 3c, with reassembly
+    (("remix",), ("concat",), ("train.grad_angle=audio", "train.ablation=decouple")),  # Figure 3c, without
 )
 STATUSES = ("Queued", "Running", "Success", "Failed", "Unknown")  # the Status column of `dvc queue status`
 
@@ -268,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--methods", nargs="+", help="values of train.methods, one experiment each")
     what.add_argument("--paper", action="store_true",
-                      help="every grid of the paper's Tables 1-6 (PAPER_GRIDS) over --seeds, shared runs once")
+                      help="every grid of the paper's Tables 1-6 and Figure 3 (PAPER_GRIDS) over --seeds, shared runs once")
     ap.add_argument("--fusions", nargs="+", default=["concat"], help="values of train.fusion")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="values of train.seed")
     ap.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

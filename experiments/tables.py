@@ -51,7 +51,8 @@ each shared run once: ``python -m experiments.grid --paper --seeds 0 1 2``:
 
     python -m experiments.grid --methods remix --fusions concat --seeds 0 1 2 --set train.unimodal_pred=dropout
 
-Tables 1-4 take runs with train.ablation=full and train.unimodal_pred=heads; a table with no run prints
+Tables 1-4 take runs with train.ablation=full and train.unimodal_pred=heads; no table takes the runs of
+:mod:`experiments.figure3` (``train.grad_angle`` set: the same training, slower by a backward per step); a table with no run prints
 "no runs yet" and the grid that fills it. Beside each table: the paper's numbers, labelled "paper
 (reported)", from :mod:`experiments.reference`.
 """
@@ -265,8 +266,14 @@ def _groups(records: Iterable[Record], key: Callable[[Record], tuple]) -> dict[t
     return out
 
 
+def _measured(r: Record) -> bool:
+    """A run of :mod:`experiments.figure3`: ``train.grad_angle`` set (the same training, one more backward per step)."""
+    return bool(r.param("train.grad_angle", ""))
+
+
 def _default_setting(r: Record) -> bool:
-    return r.param("train.ablation", "full") == "full" and r.param("train.unimodal_pred", "heads") == "heads"
+    return (r.param("train.ablation", "full") == "full" and r.param("train.unimodal_pred", "heads") == "heads"
+            and not _measured(r))
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -352,7 +359,7 @@ def _setting_table(key: str, title: str, records: list[Record], param: str, defa
                    other: str) -> Table:
     """Remix runs with ``param`` varied (the other setting at its default), beside baseline; rows with a
     non-default value only."""
-    remix = [r for r in records if r.method == "remix" and r.param(other[0], other[1]) == other[1]]
+    remix = [r for r in records if r.method == "remix" and r.param(other[0], other[1]) == other[1] and not _measured(r)]
     base = [r for r in records if r.method == "baseline" and _default_setting(r)]
     values = list(order) + sorted({r.param(param, default) for r in remix} - set(order))
     groups = _groups(remix, lambda r: (r.fusion, variant(r, [param])))

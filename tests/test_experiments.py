@@ -47,6 +47,9 @@ SHOW = [
          _exp("d0", "r-d0", "remix", 0, (0.82, 0.50, 0.50), ablation="decouple"),
          _exp("d1", "r-d1", "remix", 1, (0.78, 0.50, 0.50), ablation="decouple"),
          _exp("x0", "r-x0", "remix", 0, (0.70, 0.50, 0.50), fusion="mmtm"),
+         # Figure 3's runs (grad_angle set): in no table
+         _exp("g0", "r-g0", "remix", 0, (0.99, 0.99, 0.99), grad_angle="audio"),
+         _exp("gd0", "r-gd0", "remix", 0, (0.99, 0.99, 0.99), grad_angle="audio", ablation="decouple"),
      ]},
 ]
 LOGS = {  # rev -> log.json history rows (times in s)
@@ -71,7 +74,7 @@ def records():
 
 
 def test_records_keep_finished_experiments_with_seed_overrides_and_log_sums(records):
-    assert sorted(r.name for r in records) == ["b0", "b1", "d0", "d1", "m0", "m1", "m1-old", "s2", "x0"]
+    assert sorted(r.name for r in records) == ["b0", "b1", "d0", "d1", "g0", "gd0", "m0", "m1", "m1-old", "s2", "x0"]
     by = {r.name: r for r in records}
     assert by["s2"].overrides == {"train.epochs": 4} and by["s2"].fusion == "sum" and by["s2"].seed == 2
     assert by["m1"].overrides == {}  # train.workers does not change results
@@ -158,10 +161,12 @@ def test_paper_grid_queues_each_shared_run_once():
     single = {s.name for methods, fusions, sets in grid.PAPER_GRIDS for s in grid.build_specs(methods, fusions, [0, 1], sets)}
     assert set(names) == single
     assert names.count("grid-baseline-concat-s0") == 1  # Tables 1, 2 and 3 share it
-    # 2 x 5 late fusions, 7 more methods on concat, greedy + baseline on mmtm, remix on mmtm, 2 on centralnet, 3 settings
-    assert len(specs) == 2 * (10 + 7 + 2 + 1 + 2 + 3)
+    # 2 x 5 late fusions, 7 more methods on concat, greedy + baseline on mmtm, remix on mmtm, 2 on centralnet, 3 settings,
+    # 2 runs of Figure 3c
+    assert len(specs) == 2 * (10 + 7 + 2 + 1 + 2 + 3 + 2)
     assert {s.sets for s in specs if s.method == "remix" and s.fusion == "concat"} == {
-        (), ("train.ablation=decouple",), ("train.ablation=reassemble",), ("train.unimodal_pred=dropout",)}
+        (), ("train.ablation=decouple",), ("train.ablation=reassemble",), ("train.unimodal_pred=dropout",),
+        ("train.grad_angle=audio",), ("train.grad_angle=audio", "train.ablation=decouple")}
     assert [s.seed for s in specs] == [0] * (len(specs) // 2) + [1] * (len(specs) // 2)  # seed-major
     assert [s.name for s in specs[:3]] == ["grid-baseline-concat-s0", "grid-baseline-sum-s0", "grid-baseline-decision-s0"]
     assert grid.paper_specs([0], ["train.epochs=4"])[0].sets == ("train.epochs=4",)
