@@ -52,8 +52,8 @@ each shared run once: ``python -m experiments.grid --paper --seeds 0 1 2``:
     python -m experiments.grid --methods remix --fusions concat --seeds 0 1 2 --set train.unimodal_pred=dropout
 
 Tables 1-4 take runs with train.ablation=full and train.unimodal_pred=heads; no table takes the runs of
-:mod:`experiments.figure3` (``train.grad_angle`` set: the same training, slower by a backward per step); a table with no run prints
-"no runs yet" and the grid that fills it. Beside each table: the paper's numbers, labelled "paper
+:mod:`experiments.figure3` (``train.grad_angle`` set: the same training, slower by a backward per step); a
+table with no run prints "no runs yet" and the grid that fills it. Beside each table: the paper's numbers, labelled "paper
 (reported)", from :mod:`experiments.reference`.
 """
 from __future__ import annotations

@@ -32,7 +32,7 @@ from train.trainer import RESUME, TrainConfig, accuracies, multimodal_loader, pr
 CONFIG = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none",
               checkpoint_every=1)
 TIMINGS = ("epoch_s", "score_s", "train_s")
-# global batch 2: four or more steps per epoch on the 8 training clips, so a remix epoch has a middle
+# global batch 2: three steps per epoch on the tiny train split (two at batch 4), so a remix epoch has a middle
 MID_EPOCH = {**CONFIG, "batch_size": 2}
 
 
