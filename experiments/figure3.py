@@ -25,11 +25,10 @@ import argparse
 import dataclasses
 import math
 import statistics
-import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from experiments.tables import Record, collect
+from experiments.tables import Record, Stat, cli_records, latest_per_seed
 
 MEASURING = ("train.grad_angle",)  # overrides that measure without changing the run
 
@@ -49,11 +48,9 @@ def _plain(r: Record, method: str, allowed: Sequence[str] = MEASURING) -> bool:
 
 def curve(label: str, records: Iterable[Record], key: str) -> Curve | None:
     """Per epoch, mean and std over the runs (one per seed, the newest) of history rows' ``key``."""
-    newest: dict[int, Record] = {}
-    for r in sorted(records, key=lambda r: r.timestamp):
-        newest[r.seed] = r
+    newest = latest_per_seed(records)
     per_epoch: dict[int, list[float]] = {}
-    for r in newest.values():
+    for r in newest:
         for row in r.history:
             v = row.get(key)
             if v is not None and math.isfinite(float(v)):
@@ -61,9 +58,8 @@ def curve(label: str, records: Iterable[Record], key: str) -> Curve | None:
     if not per_epoch:
         return None
     epochs = sorted(per_epoch)
-    return Curve(label, epochs, [statistics.fmean(per_epoch[e]) for e in epochs],
-                 [statistics.stdev(per_epoch[e]) if len(per_epoch[e]) > 1 else math.nan for e in epochs],
-                 len(newest))
+    stats = [Stat.of(per_epoch[e]) for e in epochs]
+    return Curve(label, epochs, [st.mean for st in stats], [st.std for st in stats], len(newest))
 
 
 def panels(records: list[Record], modalities: Sequence[str], modality: str) -> dict[str, list[Curve]]:
@@ -123,12 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default="results/paper_tables", help="folder for figure3.png")
     ap.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
     args = ap.parse_args(argv)
-    from experiments.grid import GridError
-
-    try:
-        records = collect(".", args.all_commits)
-    except GridError as e:
-        sys.exit(f"experiments.figure3: {e}")
+    records = cli_records("experiments.figure3", args.all_commits)
     curves = panels(records, args.modalities, args.modality)
     warm = [int(r.param("train.warmup_epochs")) for r in records if r.method == "remix"]
     warmup = max(set(warm), key=warm.count) if warm else None

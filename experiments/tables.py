@@ -466,17 +466,22 @@ def render_png(table: Table, path: Path) -> None:
     plt.close(fig)
 
 
+def cli_records(prog: str, all_commits: bool) -> list[Record]:
+    """:func:`collect` for a command line: exits with ``<prog>: <reason>`` when the experiments cannot be read."""
+    from experiments.grid import GridError
+
+    try:
+        return collect(".", all_commits)
+    except GridError as e:
+        sys.exit(f"{prog}: {e}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.tables", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="results/paper_tables", help="folder for tables.md and tableN.png")
     ap.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
     args = ap.parse_args(argv)
-    from experiments.grid import GridError
-
-    try:
-        records = collect(".", args.all_commits)
-    except GridError as e:
-        sys.exit(f"experiments.tables: {e}")
+    records = cli_records("experiments.tables", args.all_commits)
     tables = build(records)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
