@@ -34,7 +34,8 @@ from remix_quality import make_features  # noqa: E402
 from pipeline.features import FeatureConfig  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.synth import SynthConfig  # noqa: E402
-from train.trainer import TrainConfig, train  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.trainer import train  # noqa: E402
 
 SETTINGS = {
     "baseline": ("baseline", {}),

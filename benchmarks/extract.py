@@ -76,7 +76,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import media
-from pipeline.adapters import prepare_dataset
+from pipeline.datasets import prepare_dataset
 from pipeline.extract import _map, extract
 from pipeline.features import FeatureConfig, log_mel
 from pipeline.manifest import read_manifest, write_classes, write_manifest

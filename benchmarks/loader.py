@@ -252,7 +252,7 @@ def report(meta: dict, reader: dict, dvc: dict | None) -> str:
 
 def small_features(tmp: Path) -> Path:
     """A tiny generated feature set (as benchmarks/remix_quality.py --small makes it)."""
-    from pipeline.adapters import prepare_dataset
+    from pipeline.datasets import prepare_dataset
     from pipeline.extract import extract
     from pipeline.features import FeatureConfig
     from pipeline.manifest import write_classes, write_manifest
@@ -280,7 +280,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results", help="folder for loader.md and loader.json")
     args = ap.parse_args()
     from pipeline.params import load_params
-    from train.trainer import TrainConfig
+    from train.config import TrainConfig
 
     params = load_params()
     cfg = TrainConfig.from_params(params["train"])

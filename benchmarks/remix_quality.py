@@ -24,14 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.adapters import prepare_dataset
+from pipeline.datasets import prepare_dataset
 from pipeline.extract import extract
 from pipeline.features import FeatureConfig
 from pipeline.manifest import write_classes, write_manifest
 from pipeline.params import load_params
 from pipeline.synth import SynthConfig, generate
 from train.evaluate import evaluate
-from train.trainer import TrainConfig, train
+from train.config import TrainConfig
+from train.trainer import train
 
 
 VARIANTS = {  # name -> {row: train overrides of the remix run}

@@ -17,7 +17,7 @@ Curves (runs on the concat fusion; mean over seeds, a band of ± one sample std 
 - (c) ``grad_angle_<modality>`` (degrees) of remix runs with ``train.grad_angle: <modality>``, one curve per
   ``train.ablation`` (``full``: decoupled and reassembled into modality-pure batches; ``decouple``: the
   same masking, mixed batches). The angle is between the encoder's step gradient and the gradient of that
-  modality's own loss alone on the same batch (see ``train.trainer.gradient_angle``).
+  modality's own loss alone on the same batch (see ``train.diagnostics.gradient_angle``).
 """
 from __future__ import annotations
 

@@ -8,44 +8,37 @@ import dataclasses
 import functools
 import io
 import math
-from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.params import from_mapping
+from pipeline.params import Config, ConfigError, setting
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureConfig:
-    """What ``extract`` computes per clip. Field names are the keys of ``features`` in params.yaml."""
+class FeatureConfig(Config):
+    """What ``extract`` computes per clip: the keys of the ``features`` section of params.yaml that change
+    the features (every key is documented there); :class:`ExtractConfig` is the whole section."""
 
-    num_frames: int = 3  # frames per clip, at evenly spaced times (3 = the field's 1 fps over 3 s)
-    short_side: int = 96  # px; frames resized so their short side is this, keeping the aspect ratio
-    jpeg_quality: int = 90  # 1..95, PIL JPEG quality of stored frames
-    sample_rate: int = 16000  # Hz, audio resampled to this (mono float32)
-    duration: float = 3.0  # s of audio kept: shorter clips tiled, longer ones cut
-    n_fft: int = 512  # samples per STFT window
-    hop_length: int = 256  # samples between STFT frames
-    n_mels: int = 64  # mel bins (F)
-    f_min: float = 0.0  # Hz, lowest mel filter edge
-    f_max: float = 8000.0  # Hz, highest mel filter edge (<= sample_rate / 2)
+    section = "features"
 
-    def __post_init__(self) -> None:
-        checks = {
-            "num_frames": self.num_frames >= 1,
-            "short_side": self.short_side >= 8,
-            "jpeg_quality": 1 <= self.jpeg_quality <= 95,
-            "sample_rate": self.sample_rate >= 1000,
-            "duration": self.duration > 0,
-            "n_fft": self.n_fft >= 16,
-            "hop_length": 1 <= self.hop_length <= self.n_fft,
-            "n_mels": self.n_mels >= 1,
-            "f_min": 0 <= self.f_min < self.f_max,
-            "f_max": self.f_max <= self.sample_rate / 2,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"features: invalid value for {', '.join(bad)}: {dataclasses.asdict(self)}")
+    num_frames: int = setting(3, min=1)
+    short_side: int = setting(96, min=8)
+    jpeg_quality: int = setting(90, min=1, max=95)
+    sample_rate: int = setting(16000, min=1000)
+    duration: float = setting(3.0, min=0.0, min_exclusive=True)
+    n_fft: int = setting(512, min=16)
+    hop_length: int = setting(256, min=1)
+    n_mels: int = setting(64, min=1)
+    f_min: float = setting(0.0, min=0.0)
+    f_max: float = setting(8000.0, min=0.0, min_exclusive=True)
+
+    def check(self) -> None:
+        if self.hop_length > self.n_fft:
+            raise ConfigError("hop_length", f"must be <= n_fft ({self.n_fft}), got {self.hop_length}")
+        if self.f_max > self.sample_rate / 2:
+            raise ConfigError("f_max", f"must be <= sample_rate / 2 ({self.sample_rate / 2:g}), got {self.f_max}")
+        if self.f_min >= self.f_max:
+            raise ConfigError("f_min", f"must be < f_max ({self.f_max}), got {self.f_min}")
 
     @property
     def num_samples(self) -> int:
@@ -62,10 +55,20 @@ class FeatureConfig:
         """Tar member extensions of one sample, in the order they are written."""
         return ("json", "cls", "mel.npy") + tuple(f"frame{i}.jpg" for i in range(self.num_frames))
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "FeatureConfig":
-        """Build from a mapping, failing loudly on an unknown or mistyped key."""
-        return from_mapping(cls, params, "features")
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig(FeatureConfig):
+    """The whole ``features`` section of params.yaml: :class:`FeatureConfig` plus how the extract stage runs
+    (which never changes the features). Every key is documented in params.yaml."""
+
+    shard_size: int = setting(256, min=1)
+    workers: int = setting(2, min=1)
+    max_reject_fraction: float = setting(0.05, min=0.0, max=1.0)
+
+    @property
+    def features(self) -> FeatureConfig:
+        """The keys that define the features (stored in index.h5), as a :class:`FeatureConfig`."""
+        return FeatureConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FeatureConfig)})
 
 
 # Conventions of the field, as FeatureConfig presets (documented in the README).

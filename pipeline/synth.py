@@ -104,6 +104,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.media import ffmpeg_exe
+from pipeline.params import Config, ConfigError, setting
 
 LAYOUTS = ("cremad", "kinetics_sounds")
 AUDIO_KINDS = ("clean", "ambiguous", "misleading")
@@ -135,76 +136,57 @@ _S_CLIP, _S_KIND, _S_CREMAD, _S_DUR, _S_SPLIT, _S_YTID = range(6)
 
 
 @dataclasses.dataclass(frozen=True)
-class SynthConfig:
-    """What to generate; see the module docstring for the signal design."""
+class SynthConfig(Config):
+    """The ``synth`` section of params.yaml: what to generate (the module docstring has the signal design).
+    Every key is documented in params.yaml."""
 
-    layout: str = "cremad"  # "cremad" | "kinetics_sounds"
-    num_classes: int = 6  # first k of CREMAD_EMOTIONS (<= 6) or of KINETICS_SOUNDS_CLASSES (<= 31)
-    clips_per_class: int = 100  # clips of each class (count)
-    actors: int = 24  # cremad: actor ids 1001..1000+actors (count, <= 91); clips spread round-robin
-    test_fraction: float = 0.2  # kinetics_sounds: share of each class's clips in test/ (0..1)
-    min_duration_s: float = 1.5  # shortest clip (s); durations uniform in [min, max]
-    max_duration_s: float = 3.5  # longest clip (s)
-    width: int = 160  # frame width (px, even)
-    height: int = 120  # frame height (px, even)
-    fps: int = 15  # video frame rate (frames/s)
-    sample_rate: int = 16000  # audio sample rate (Hz); mono
-    audio_snr_db: float = 0.0  # class voice power / white-noise power over the clip (dB)
-    video_contrast: float = 0.25  # peak-to-peak luminance of the class stripes (0..1 scale)
-    video_noise: float = 0.06  # std of per-pixel, per-frame Gaussian noise (0..1 scale)
-    ambiguous_fraction: float = 0.2  # share of each class's clips whose audio has no class cue
-    misleading_fraction: float = 0.1  # share of each class's clips whose audio has another class's cue
-    clutter: int = 8  # background shapes per clip (count); about half carry distractor stripes
-    video_quality: int = 3  # encoder quality, 2 (best) .. 8: cremad flv1 quantiser -q:v; kinetics x264 CRF = 6 * this
-    workers: int = 2  # encoding processes (count); 1 = in-process; does not change the output
+    section = "synth"
+
+    layout: str = setting("cremad", choices=LAYOUTS)
+    num_classes: int = setting(6, min=2, max=max(len(CREMAD_EMOTIONS), len(KINETICS_SOUNDS_CLASSES)))
+    clips_per_class: int = setting(100, min=1)
+    actors: int = setting(24, min=1, max=CREMAD_MAX_ACTORS)
+    test_fraction: float = setting(0.2, min=0.0, max=1.0, max_exclusive=True)
+    min_duration_s: float = setting(1.5, min=0.0, min_exclusive=True)
+    max_duration_s: float = setting(3.5, min=0.0, max=60.0, min_exclusive=True)
+    width: int = setting(160, min=32, max=1920)
+    height: int = setting(120, min=32, max=1920)
+    fps: int = setting(15, min=1, max=60)
+    sample_rate: int = setting(16000, min=8000, max=48000)
+    audio_snr_db: float = setting(0.0, min=-30.0, max=60.0)
+    video_contrast: float = setting(0.25, min=0.0, max=1.0, min_exclusive=True)
+    video_noise: float = setting(0.06, min=0.0, max=1.0)
+    ambiguous_fraction: float = setting(0.2, min=0.0, max=1.0)
+    misleading_fraction: float = setting(0.1, min=0.0, max=1.0)
+    clutter: int = setting(8, min=0, max=64)
+    video_quality: int = setting(3, min=2, max=8)
+    workers: int = setting(2, min=1)
+
+    def check(self) -> None:
+        kmax = len(CREMAD_EMOTIONS) if self.layout == "cremad" else len(KINETICS_SOUNDS_CLASSES)
+        if self.num_classes > kmax:
+            raise ConfigError("num_classes", f"must be <= {kmax} for layout {self.layout}, got {self.num_classes}")
+        if self.layout == "cremad" and self.clips_per_class > len(CREMAD_SENTENCES) * self.actors:
+            # NEU has only 12 distinct ids per actor (12 sentences, level XX)
+            raise ConfigError("clips_per_class", f"must be <= 12 * actors ({12 * self.actors}) for unique "
+                              f"CREMA-D ids, got {self.clips_per_class}")
+        if self.min_duration_s < 2 / self.fps:
+            raise ConfigError("min_duration_s", f"must be >= 2 frames (2 / fps = {2 / self.fps:g} s), "
+                              f"got {self.min_duration_s}")
+        if self.max_duration_s < self.min_duration_s:
+            raise ConfigError("max_duration_s", f"must be >= min_duration_s ({self.min_duration_s}), "
+                              f"got {self.max_duration_s}")
+        for key in ("width", "height"):
+            if getattr(self, key) % 2:
+                raise ConfigError(key, f"must be even (video encoders need it), got {getattr(self, key)}")
+        if self.ambiguous_fraction + self.misleading_fraction > 1.0:
+            raise ConfigError("misleading_fraction", f"ambiguous_fraction + misleading_fraction must be <= 1, got "
+                              f"{self.ambiguous_fraction} + {self.misleading_fraction}")
 
     def class_names(self) -> list[str]:
         """The class names of this config, label index = position."""
         table = CREMAD_EMOTIONS if self.layout == "cremad" else KINETICS_SOUNDS_CLASSES
         return list(table[: self.num_classes])
-
-
-def _check(cond: bool, field: str, reason: str) -> None:
-    if not cond:
-        raise ValueError(f"SynthConfig.{field}: {reason}")
-
-
-def validate(config: SynthConfig) -> None:
-    """Raise ValueError naming the field and the reason for the first bad value."""
-    c = config
-    for f in dataclasses.fields(c):
-        v = getattr(c, f.name)
-        want = {"str": str, "int": int, "float": (int, float)}[f.type]
-        _check(isinstance(v, want) and not isinstance(v, bool), f.name, f"must be {f.type}, got {v!r}")
-        if f.type == "float":
-            _check(math.isfinite(v), f.name, f"must be finite, got {v!r}")
-    _check(c.layout in LAYOUTS, "layout", f"must be one of {LAYOUTS}, got {c.layout!r}")
-    kmax = len(CREMAD_EMOTIONS) if c.layout == "cremad" else len(KINETICS_SOUNDS_CLASSES)
-    _check(2 <= c.num_classes <= kmax, "num_classes", f"must be in 2..{kmax} for {c.layout}")
-    _check(c.clips_per_class >= 1, "clips_per_class", "must be >= 1")
-    _check(1 <= c.actors <= CREMAD_MAX_ACTORS, "actors", f"must be in 1..{CREMAD_MAX_ACTORS}")
-    if c.layout == "cremad":  # NEU has only 12 distinct ids per actor (12 sentences, level XX)
-        _check(c.clips_per_class <= len(CREMAD_SENTENCES) * c.actors, "clips_per_class",
-               f"must be <= 12 * actors ({12 * c.actors}) for unique CREMA-D ids")
-    _check(0.0 <= c.test_fraction < 1.0, "test_fraction", "must be in [0, 1)")
-    _check(1 <= c.fps <= 60, "fps", "must be in 1..60")
-    _check(c.min_duration_s >= 2 / c.fps, "min_duration_s", "must be >= 2 frames (2 / fps)")
-    _check(c.max_duration_s >= c.min_duration_s, "max_duration_s", "must be >= min_duration_s")
-    _check(c.max_duration_s <= 60.0, "max_duration_s", "must be <= 60 s")
-    for f in ("width", "height"):
-        v = getattr(c, f)
-        _check(32 <= v <= 1920 and v % 2 == 0, f, f"must be even and in 32..1920 px, got {v}")
-    _check(8000 <= c.sample_rate <= 48000, "sample_rate", "must be in 8000..48000 Hz")
-    _check(-30.0 <= c.audio_snr_db <= 60.0, "audio_snr_db", "must be in [-30, 60] dB")
-    _check(0.0 < c.video_contrast <= 1.0, "video_contrast", "must be in (0, 1]")
-    _check(0.0 <= c.video_noise <= 1.0, "video_noise", "must be in [0, 1]")
-    for f in ("ambiguous_fraction", "misleading_fraction"):
-        _check(0.0 <= getattr(c, f) <= 1.0, f, "must be in [0, 1]")
-    _check(c.ambiguous_fraction + c.misleading_fraction <= 1.0, "misleading_fraction",
-           "ambiguous_fraction + misleading_fraction must be <= 1")
-    _check(0 <= c.clutter <= 64, "clutter", "must be in 0..64")
-    _check(2 <= c.video_quality <= 8, "video_quality", "must be in 2..8")
-    _check(c.workers >= 1, "workers", "must be >= 1")
 
 
 def audio_cue(class_index: int, num_classes: int) -> dict:
@@ -463,7 +445,6 @@ def generate(*, out_dir: str | os.PathLike, seed: int, config: SynthConfig) -> d
     (wall time, the only part that varies between identical runs).
     """
     t0 = time.perf_counter()
-    validate(config)
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: must be a non-negative int, got {seed!r}")
     seed = int(seed)

@@ -7,8 +7,12 @@ from train.evaluate import evaluate
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--method", required=True)
+    # path defaults: dvc.yaml vars `paths`
+    ap.add_argument("--index", default="features/index.h5", help="feature index with the test split")
+    ap.add_argument("--runs", default="runs", help="runs folder: reads <runs>/<method>/train/, writes "
+                                                   "<runs>/<method>/metrics.json and eval/")
     args = ap.parse_args()
-    metrics = evaluate(index_path="features/index.h5", run_dir=f"runs/{args.method}")
+    metrics = evaluate(index_path=args.index, run_dir=f"{args.runs}/{args.method}")
     print(f"evaluate {args.method}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("acc_")))
 
 

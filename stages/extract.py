@@ -8,10 +8,8 @@ import argparse
 import logging
 
 from pipeline.extract import extract, merge_parts
-from pipeline.features import FeatureConfig
-from pipeline.params import check_keys, load_params
-
-STAGE_KEYS = {"shard_size": int, "workers": int, "max_reject_fraction": (int, float)}  # beside FeatureConfig
+from pipeline.features import ExtractConfig
+from pipeline.params import load_params, read_section
 
 
 def main() -> None:
@@ -21,15 +19,18 @@ def main() -> None:
     group.add_argument("--part", default="0/1", help="i/N: extract the shards whose number is i mod N")
     group.add_argument("--merge", type=int, metavar="N", help="merge the parts of N partitioned runs")
     ap.add_argument("--params", default="params.yaml")
+    # path defaults: dvc.yaml vars `paths`
+    ap.add_argument("--manifest", default="data/manifest.csv", help="manifest to read")
+    ap.add_argument("--classes", default="data/classes.txt", help="class list to read")
+    ap.add_argument("--out", default="features", help="features folder to write (shards, index.h5, ...)")
     args = ap.parse_args()
-    params = dict(load_params(args.params)["features"])
-    stage = check_keys({k: params.pop(k) for k in STAGE_KEYS if k in params}, "features", STAGE_KEYS)
-    config = FeatureConfig.from_params(params)
+    cfg = read_section(load_params(args.params), ExtractConfig)
     if args.merge:
-        stats = merge_parts(out_dir="features", num_parts=args.merge, max_reject_fraction=stage["max_reject_fraction"])
+        stats = merge_parts(out_dir=args.out, num_parts=args.merge, max_reject_fraction=cfg.max_reject_fraction)
     else:
-        stats = extract(manifest="data/manifest.csv", classes="data/classes.txt", out_dir="features",
-                        config=config, part=args.part, **stage)
+        stats = extract(manifest=args.manifest, classes=args.classes, out_dir=args.out, config=cfg.features,
+                        part=args.part, shard_size=cfg.shard_size, workers=cfg.workers,
+                        max_reject_fraction=cfg.max_reject_fraction)
     print(f"extract: {stats['samples']} samples, {stats['rejects']['count']} rejected, "
           f"{stats['timing']['clips_per_second']} clips/s")
 

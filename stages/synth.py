@@ -1,15 +1,19 @@
 """DVC stage `synth`: write the embedded default dataset (real encoded clips) to data/raw."""
+import argparse
 import logging
 
-from pipeline.params import from_mapping, load_params
+from pipeline.params import BaseConfig, load_params, read_section
 from pipeline.synth import SynthConfig, generate
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__)  # path defaults: dvc.yaml vars `paths`
+    ap.add_argument("--out", default="data/raw", help="dataset folder to write")
+    args = ap.parse_args()
     params = load_params()
-    config = from_mapping(SynthConfig, params["synth"], "synth")
-    summary = generate(out_dir="data/raw", seed=params["base"]["seed"], config=config)
+    config = read_section(params, SynthConfig)
+    summary = generate(out_dir=args.out, seed=read_section(params, BaseConfig).seed, config=config)
     print(f"synth: {summary['clips']} {config.layout} clips, {len(summary['classes'])} classes, "
           f"audio kinds {summary['per_kind']}, {summary['seconds']:.0f} s")
 

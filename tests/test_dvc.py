@@ -46,7 +46,7 @@ def edit_params(repo: Path, **changes) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("dvcproj")
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
     for name in ("stages", "pipeline", "train"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -56,7 +56,7 @@ def project(tmp_path_factory) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=repo, check=True)
     edit_params(repo, **{f"synth__{k}": v for k, v in TINY_SYNTH.items()}, features__workers=1,
-                features__short_side=32, unused__note=1, prepare__ratios=[0.7, 0.1, 0.2], **{f"train__{k}": v for k, v in TINY_TRAIN.items()})
+                features__short_side=32, prepare__ratios=[0.7, 0.1, 0.2], **{f"train__{k}": v for k, v in TINY_TRAIN.items()})
     return repo
 
 
@@ -87,9 +87,41 @@ def test_repro_runs_then_skips_then_reruns_only_what_changed(project):
         assert json.loads((project / "runs" / method / "train" / "log.json").read_text())["world_size"] == 2
         assert (project / "runs" / method / "train" / "steps-rank1.jsonl").exists()
 
-    edit_params(project, unused__note=2)
-    assert ran(dvc(project, "repro")) == []  # a param no stage reads: nothing
+    text = (project / "params.yaml").read_text()  # every section is some stage's: a comment is what no stage reads
+    assert "\ntrain:" in text
+    (project / "params.yaml").write_text(text.replace("\ntrain:", "\n# a note no stage reads\ntrain:  # its comment", 1))
+    assert ran(dvc(project, "repro")) == []  # only comments changed: nothing
 
     edit_params(project, prepare__val_fraction=0.2, prepare__split_file=None)
     out = dvc(project, "repro")
     assert ran(out)[0] == "prepare" and "synth" not in ran(out)  # prepare, then extract if the manifest changed
+
+
+def changed_stages(repo: Path) -> set[str]:
+    return set(json.loads(dvc(repo, "status", "--json")))
+
+
+def test_editing_an_imported_module_reruns_exactly_the_stages_that_import_it(project):
+    """dvc.yaml's code deps are the import closures (tests/test_dvc_deps.py): a module edit marks the stages whose
+    scripts import it, directly or not, and nothing upstream. The fusion with MMTM (imported lazily, by name) and a
+    module only the train stage imports."""
+    from tests.test_dvc_deps import import_closure, load_pipeline, script_of
+
+    dvc(project, "repro")
+    assert changed_stages(project) == set()
+    _, stages = load_pipeline(project)
+    closures = {name: import_closure(script_of(spec["cmd"]), project) for name, spec in stages.items()}
+    mmtm = next(p.relative_to(project) for p in sorted((project / "train").rglob("*.py"))
+                if re.search(r"^class MMTM", p.read_text(), re.M))
+    train_only = sorted(p for p, by in closures["train@remix"].items()
+                        if by is not None and p not in closures["evaluate@remix"])  # not stages/train.py itself
+    assert train_only, "no module is imported by train but not by evaluate"
+    for module, expected in ((mmtm, TRAIN_STAGES), (train_only[0], {"train@baseline", "train@remix"})):
+        assert {name for name, closure in closures.items() if module in closure} == expected, module
+        original = (project / module).read_text()
+        (project / module).write_text(original + "\n# an edit\n")
+        try:
+            assert changed_stages(project) == expected, module  # not synth, prepare or extract
+        finally:
+            (project / module).write_text(original)
+        assert changed_stages(project) == set()

@@ -59,7 +59,6 @@ class Team:
 def team(project, tmp_path_factory) -> Team:
     root = tmp_path_factory.mktemp("team")
     a, remote, cache = project, root / "remote", root / "shared-cache"
-    (a / ".gitignore").write_text("__pycache__/\n")
     dvc(a, "remote", "add", "-d", "shared", str(remote))
     use_shared_cache(a, cache)
     git(a, "add", "-A")

@@ -45,13 +45,15 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from pipeline.shards import IndexReader
-from train.sampler import MULTIMODAL
+from train.sampler import MULTIMODAL, RemixBatchSampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 MEL_MEMBER = "mel.npy"
+# modality name -> the batch key holding its encoder's input (the one map from modalities to items)
+BATCH_KEYS = {"audio": "mel", "video": "frames"}
 
 
 def random_resized_crop_params(height: int, width: int, scale=CROP_SCALE, ratio=CROP_RATIO,
@@ -229,6 +231,18 @@ def make_loader(dataset: ShardDataset, batch_sampler, *, workers: int,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
     )
+
+
+def to_inputs(batch: dict, modalities: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """A loader batch -> modality name -> that encoder's input on ``device`` (:data:`BATCH_KEYS`)."""
+    return {m: batch[BATCH_KEYS.get(m, m)].to(device, non_blocking=True) for m in modalities}
+
+
+def multimodal_loader(dataset: ShardDataset, *, batch_size: int, workers: int, num_modalities: int, seed: int = 0):
+    """A loader over a whole split with every modality present (evaluation and scoring passes)."""
+    sampler = RemixBatchSampler(dataset.shard_ids(), batch_size=batch_size, drop_last=False, seed=seed)
+    sampler.set_assignment(None, num_modalities)
+    return make_loader(dataset, sampler, workers=workers)
 
 
 def estimate_mel_stats(index: IndexReader, split: str = "train", max_samples: int = 256) -> tuple[float, float]:

@@ -10,11 +10,12 @@ import torch
 
 from pipeline.fileio import atomic_path
 from pipeline.shards import IndexReader
-from train.data import ShardDataset
+from train.checkpoint import dataset_fingerprint
+from train.config import TrainConfig
+from train.data import ShardDataset, multimodal_loader
 from train.methods import build_method
-from train.models import build_model
-from train.remix import dataset_fingerprint
-from train.trainer import TrainConfig, accuracies, imbalance_ratio, multimodal_loader, pick_device, predict
+from train.fusions import build_model
+from train.inference import accuracies, imbalance_ratio, pick_device, predict
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:

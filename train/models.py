@@ -1,4 +1,4 @@
-"""Per-modality encoders, unimodal heads and fusion heads for Data Remixing (K >= 2 modalities).
+"""Per-modality encoders, unimodal heads and the model around a fusion head for Data Remixing (K >= 2 modalities).
 
 Shape legend used in comments and docstrings:
     B batch, T video frames, F mel bins, L mel frames, H/W frame height/width,
@@ -7,7 +7,8 @@ Shape legend used in comments and docstrings:
 The model (`AVModel`) has one encoder per modality, each followed by its own unimodal
 classification head Linear(D, C), and one fusion head mapping all features to fused logits.
 Modalities are identified by name; their order (`AVModel.modalities`) is the column order of
-the `keep` mask [B, K].
+the `keep` mask [B, K]. The fusions (heads and intermediate-fusion models) and `build_model`
+are in `train.fusions`, one file each.
 """
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 
 __all__ = [
     "init_like_resnet", "ResNetTrunk", "AudioEncoder", "VisualEncoder", "ENCODERS",
-    "Fusion", "ConcatFusion", "SumFusion", "DecisionFusion", "FiLMFusion", "GatedFusion", "FUSIONS",
-    "ModelOutput", "AVModel", "build_model", "MASK_MODES", "INTERMEDIATE_FUSIONS",
+    "ModelOutput", "AVModel", "MASK_MODES",
 ]
 
 MASK_MODES = ("input", "feature")
@@ -119,121 +119,6 @@ ENCODERS: dict[str, Callable[[int], nn.Module]] = {"audio": AudioEncoder, "video
 
 
 # --------------------------------------------------------------------------------------------
-# Fusions: dict[name, [B, D]] -> [B, C]
-# --------------------------------------------------------------------------------------------
-
-class Fusion(nn.Module):
-    """Base class: holds the ordered modality names and gathers features in that order."""
-
-    min_modalities = 1
-
-    def __init__(self, modalities: list[str], feature_dim: int, num_classes: int):
-        super().__init__()
-        self.modalities = list(modalities)
-        if len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"duplicate modality names: {self.modalities}")
-        if len(self.modalities) < self.min_modalities:
-            raise ValueError(f"{type(self).__name__} needs >= {self.min_modalities} modalities, "
-                             f"got {self.modalities}")
-        self.feature_dim = feature_dim
-        self.num_classes = num_classes
-
-    def _gather(self, feats: dict[str, Tensor]) -> list[Tensor]:
-        missing = [m for m in self.modalities if m not in feats]
-        if missing:
-            raise KeyError(f"fusion is missing features for {missing}")
-        return [feats[m] for m in self.modalities]  # K x [B, D]
-
-
-class ConcatFusion(Fusion):
-    """Linear(K*D, C) over the concatenated features (the paper's default)."""
-
-    def __init__(self, modalities, feature_dim, num_classes):
-        super().__init__(modalities, feature_dim, num_classes)
-        self.fc = nn.Linear(len(self.modalities) * feature_dim, num_classes)
-
-    def forward(self, feats: dict[str, Tensor]) -> Tensor:
-        return self.fc(torch.cat(self._gather(feats), dim=1))  # [B, K*D] -> [B, C]
-
-
-class SumFusion(Fusion):
-    """Sum over modalities of a per-modality Linear(D, C) (OGM-GE's SumFusion)."""
-
-    def __init__(self, modalities, feature_dim, num_classes):
-        super().__init__(modalities, feature_dim, num_classes)
-        self.fc = nn.ModuleDict({m: nn.Linear(feature_dim, num_classes) for m in self.modalities})
-
-    def forward(self, feats: dict[str, Tensor]) -> Tensor:
-        self._gather(feats)
-        return torch.stack([self.fc[m](feats[m]) for m in self.modalities]).sum(0)  # [B, C]
-
-
-class DecisionFusion(Fusion):
-    """Late fusion: mean of per-modality Linear(D, C) logits (own linears, not the unimodal heads)."""
-
-    def __init__(self, modalities, feature_dim, num_classes):
-        super().__init__(modalities, feature_dim, num_classes)
-        self.fc = nn.ModuleDict({m: nn.Linear(feature_dim, num_classes) for m in self.modalities})
-
-    def forward(self, feats: dict[str, Tensor]) -> Tensor:
-        self._gather(feats)
-        return torch.stack([self.fc[m](feats[m]) for m in self.modalities]).mean(0)  # [B, C]
-
-
-class FiLMFusion(Fusion):
-    """FiLM (Perez et al. 2018): the first modality's features h0 [B, D] are modulated as
-    gamma * h0 + beta, with (gamma, beta) = Linear((K-1)*D, 2D)(concat of the others); then
-    Linear(D, C)."""
-
-    min_modalities = 2
-
-    def __init__(self, modalities, feature_dim, num_classes):
-        super().__init__(modalities, feature_dim, num_classes)
-        self.film = nn.Linear((len(self.modalities) - 1) * feature_dim, 2 * feature_dim)
-        self.fc_out = nn.Linear(feature_dim, num_classes)
-
-    def forward(self, feats: dict[str, Tensor]) -> Tensor:
-        first, *others = self._gather(feats)
-        gamma, beta = self.film(torch.cat(others, dim=1)).chunk(2, dim=1)  # 2 x [B, D]
-        return self.fc_out(gamma * first + beta)  # [B, C]
-
-
-class GatedFusion(Fusion):
-    """OGM-GE's GatedFusion for K modalities: out = Linear(D, C)(sum_k sigmoid(G_k(mean_{j!=k} h_j))
-    * P_k(h_k)), with per-modality projections P_k, G_k: Linear(D, D)."""
-
-    min_modalities = 2
-
-    def __init__(self, modalities, feature_dim, num_classes):
-        super().__init__(modalities, feature_dim, num_classes)
-        self.proj = nn.ModuleDict({m: nn.Linear(feature_dim, feature_dim) for m in self.modalities})
-        self.gate = nn.ModuleDict({m: nn.Linear(feature_dim, feature_dim) for m in self.modalities})
-        self.fc_out = nn.Linear(feature_dim, num_classes)
-
-    def forward(self, feats: dict[str, Tensor]) -> Tensor:
-        stacked = torch.stack(self._gather(feats))  # [K, B, D]
-        k = stacked.shape[0]
-        others_mean = (stacked.sum(0, keepdim=True) - stacked) / (k - 1)  # [K, B, D]: mean of j != k
-        fused = sum(torch.sigmoid(self.gate[m](others_mean[i])) * self.proj[m](stacked[i])
-                    for i, m in enumerate(self.modalities))  # [B, D]
-        return self.fc_out(fused)  # [B, C]
-
-
-# name -> class called as cls(modalities, feature_dim, num_classes)
-FUSIONS: dict[str, type[Fusion]] = {
-    "concat": ConcatFusion,
-    "sum": SumFusion,
-    "decision": DecisionFusion,
-    "film": FiLMFusion,
-    "gated": GatedFusion,
-}
-
-# Intermediate fusions (cross-modal modules between the ResNet stages), built by train.intermediate;
-# not in FUSIONS: they are whole models, not heads on the final features.
-INTERMEDIATE_FUSIONS = ("mmtm", "centralnet")
-
-
-# --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
 
@@ -252,25 +137,47 @@ class ModelOutput:
 
 class AVModel(nn.Module):
     """K encoders (name -> module mapping its input to [B, D]), K unimodal heads Linear(D, C),
-    one fusion head (a `FUSIONS` name).
+    one fusion head dict[name, [B, D]] -> [B, C].
+
+    `fusion`: the head's class (e.g. `train.fusions.concat.ConcatFusion`), called as
+    `fusion(modalities, feature_dim, num_classes)` after the unimodal heads are made (the order of
+    parameter creation, hence the initial weights, is that of the original model), or a head module
+    already built. `fusion_name` is the class's `name` (the `train.fusion` value). Build a model by
+    name with `train.fusions.build_model`.
 
     `self.modalities` is the order of `encoders` and the column order of `keep` [B, K].
     """
 
+    late_fusion = True  # the fused logits are self.fusion(final features): nothing mixes the modalities before
+
     def __init__(self, encoders: dict[str, nn.Module], feature_dim: int, num_classes: int,
-                 fusion: str = "concat"):
+                 fusion: Callable[[list[str], int, int], nn.Module] | nn.Module):
         super().__init__()
         if not encoders:
             raise ValueError("at least one encoder is needed")
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; choose from {sorted(FUSIONS)}")
+        if isinstance(fusion, str) or not callable(fusion):
+            raise TypeError(f"AVModel: fusion must be a fusion head class (or module), got {fusion!r}; "
+                            f"build a model by fusion name with train.fusions.build_model")
         self.modalities: list[str] = list(encoders)
         self.feature_dim = feature_dim
         self.num_classes = num_classes
-        self.fusion_name = fusion
+        self.fusion_name = getattr(fusion, "name", None) or getattr(fusion, "__name__", type(fusion).__name__)
         self.encoders = nn.ModuleDict(encoders)
         self.heads = nn.ModuleDict({m: nn.Linear(feature_dim, num_classes) for m in self.modalities})
-        self.fusion = FUSIONS[fusion](self.modalities, feature_dim, num_classes)
+        self.fusion = fusion if isinstance(fusion, nn.Module) else fusion(self.modalities, feature_dim, num_classes)
+
+    @property
+    def has_modality_shares(self) -> bool:
+        """Whether the fusion head can split its logits by modality (:meth:`modality_shares`)."""
+        return callable(getattr(self.fusion, "modality_shares", None))
+
+    def modality_shares(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """name -> [B, C] (float32): each modality's share of the fusion head's logits on `features`
+        (name -> [B, D], e.g. `ModelOutput.features`), as the head defines it (`Fusion.modality_shares`)."""
+        if not self.has_modality_shares:
+            raise ValueError(f"no per-modality share of the {type(self.fusion).__name__} head (train.fusion "
+                             f"{self.fusion_name!r}): it has no modality_shares; a head on the final features has")
+        return self.fusion.modality_shares(features)
 
     def _check_keep(self, keep: Tensor | None, batch: int | None) -> Tensor | None:
         if keep is None:
@@ -354,21 +261,3 @@ class AVModel(nn.Module):
         feats = {m: feat if m == modality else torch.zeros_like(feat) for m in self.modalities}
         return self.fusion(feats)  # [B, C]
 
-
-def build_model(modalities: list[str], num_classes: int, width: int = 64,
-                fusion: str = "concat") -> AVModel:
-    """An AVModel with `ENCODERS[name](width)` per modality (in the given order), D = 8 * width;
-    for an `INTERMEDIATE_FUSIONS` name, the intermediate-fusion model of train.intermediate."""
-    if len(set(modalities)) != len(modalities):
-        raise ValueError(f"duplicate modality names: {modalities}")
-    unknown = [m for m in modalities if m not in ENCODERS]
-    if unknown:
-        raise ValueError(f"no encoder registered for {unknown}; known: {sorted(ENCODERS)}")
-    if fusion not in FUSIONS and fusion not in INTERMEDIATE_FUSIONS:
-        raise ValueError(f"unknown fusion {fusion!r}; choose from {sorted([*FUSIONS, *INTERMEDIATE_FUSIONS])}")
-    if fusion in INTERMEDIATE_FUSIONS:  # MMTM / CentralNet: train/intermediate.py
-        from train.intermediate import build_intermediate
-
-        return build_intermediate(list(modalities), num_classes, width, fusion)
-    encoders = {m: ENCODERS[m](width) for m in modalities}
-    return AVModel(encoders, feature_dim=8 * width, num_classes=num_classes, fusion=fusion)

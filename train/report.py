@@ -5,6 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.params import load_params
+from train.config import TrainConfig
+
 
 def table(results: list[dict], modalities: list[str]) -> str:
     head = ["method", "fused acc", *[f"{m}-only acc" for m in modalities], "macro-F1", "imbalance", "epoch"]
@@ -17,9 +20,6 @@ def table(results: list[dict], modalities: list[str]) -> str:
 
 
 def main(runs: str = "runs") -> None:
-    from pipeline.params import load_params
-    from train.trainer import TrainConfig
-
     config = TrainConfig.from_params(load_params()["train"])
     paths = [Path(runs) / m / "metrics.json" for m in config.methods]
     missing = [str(p) for p in paths if not p.exists()]

@@ -145,8 +145,9 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         self.epoch = int(epoch)
         self.start = int(start)
 
-    def set_assignment(self, assignment: np.ndarray | None, num_modalities: int) -> None:
-        """Set the modality of every sample: [N] ints in [0, K), or None (all multimodal, code -1)."""
+    def set_assignment(self, assignment: np.ndarray | None, num_modalities: int, pure: bool | None = None) -> None:
+        """Set the modality of every sample: [N] ints in [0, K), or None (all multimodal, code -1);
+        ``pure``: modality-pure (True) or mixed (False) batches from now on (None: unchanged)."""
         k = int(num_modalities)
         if k < 1:
             raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
@@ -161,6 +162,8 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         if self.modality_order is not None and sorted(self.modality_order) != list(range(k)):
             raise ValueError(f"modality_order {self.modality_order} is not a permutation of range({k})")
         self.assignment, self.num_modalities = assignment, k
+        if pure is not None:
+            self.pure = bool(pure)
         self._version += 1
 
     def set_repeats(self, copies: np.ndarray | None) -> None:

@@ -15,7 +15,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipeline.adapters import prepare_dataset
+from pipeline.datasets import prepare_dataset
 from pipeline.extract import ExtractionError, extract, merge_parts, plan_shards
 from pipeline.features import FeatureConfig
 from pipeline.manifest import read_manifest, write_classes, write_manifest

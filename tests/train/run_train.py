@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from train import trainer
+from train.config import TrainConfig
+from train.methods import remix
 
 
 def lopsided(kl: np.ndarray) -> np.ndarray:
@@ -23,8 +25,8 @@ def main() -> None:
     torch.set_num_threads(1)
     index, out, method, config = sys.argv[1:5]
     if "--lopsided" in sys.argv[5:]:
-        trainer.assign_weakest = lopsided
-    trainer.train(index_path=index, out_dir=out, method=method, config=trainer.TrainConfig(**json.loads(config)),
+        remix.assign_weakest = lopsided
+    trainer.train(index_path=index, out_dir=out, method=method, config=TrainConfig(**json.loads(config)),
                   seed=0)
 
 

@@ -13,10 +13,12 @@ import torch
 from pipeline.shards import IndexReader
 from tests.train.test_data import extracted_features
 from tests.train.test_resume import CONFIG, kill_at, launch
-from train import trainer
+from train.checkpoint import default_work_dir
+from train.config import TrainConfig
+from train.methods import remix
 from train.evaluate import evaluate
-from train.remix import ScoresFile
-from train.trainer import TrainConfig, train
+from train.methods.remix import ScoresFile
+from train.trainer import train
 
 TINY = {**CONFIG, "epochs": 2, "checkpoint_every": 0}
 
@@ -73,8 +75,8 @@ def test_shard_content_does_not_match_the_index(features, tmp_path):
 def test_scores_file_of_another_feature_set_is_refused_on_resume(features, tmp_path):
     out = tmp_path / "run"
     kill_at(launch(features / "index.h5", out, "remix", 1), out, 5)  # killed in a remix epoch: scores.h5 exists
-    (out / "scores.h5").unlink()
-    ScoresFile(out / "scores.h5", modalities=["audio", "video"], num_samples=7, fingerprint="another")
+    (default_work_dir(out) / "scores.h5").unlink()
+    ScoresFile(default_work_dir(out) / "scores.h5", modalities=["audio", "video"], num_samples=7, fingerprint="another")
     with pytest.raises(ValueError, match="scores.h5: scores of another dataset"):
         run(features, out, CONFIG)
 
@@ -97,8 +99,13 @@ def test_model_of_another_feature_set_is_refused_by_evaluate(features, tmp_path)
     ({"lrr": 0.1}, r"train: unknown key\(s\) \['lrr'\]"),
     ({"lr": "fast"}, "train.lr: expected float, got str 'fast'"),
     ({"epochs": 2.5}, "train.epochs: expected int, got float"),
-    ({"mask": "pixels"}, "train.mask: 'pixels' is not one of"),
-    ({"nproc": 0}, "train.nproc >= 1"),
+    ({"mask": "pixels"}, r"train.mask: must be one of feature \| input, got 'pixels'"),
+    ({"nproc": 0}, "train.nproc: must be >= 1, got 0"),
+    ({"lr": 0}, "train.lr: must be > 0, got 0"),
+    ({"skip_masked": 1}, "train.skip_masked: expected bool, got int 1"),
+    ({"warmup_epochs": 20}, r"train.warmup_epochs: must be <= epochs \(16\), got 20"),
+    ({"method_params": {"pmr": {"momentum": 1}}}, r"train.method_params.pmr.momentum: must be < 1, got 1"),
+    ({"method_params": {"pmrr": {}}}, r"train.method_params: unknown method\(s\) \['pmrr'\]"),
 ])
 def test_bad_train_params(params, message):
     with pytest.raises(ValueError, match=message):
@@ -106,8 +113,8 @@ def test_bad_train_params(params, message):
 
 
 def test_an_empty_modality_subset_is_skipped_and_logged(features, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(trainer, "assign_weakest", lambda kl: np.zeros(len(kl), np.int64))  # nobody gets video
-    with caplog.at_level(logging.INFO, logger="train.trainer"):
+    monkeypatch.setattr(remix, "assign_weakest", lambda kl: np.zeros(len(kl), np.int64))  # nobody gets video
+    with caplog.at_level(logging.INFO, logger="train.methods.remix"):
         summary = run(features, tmp_path / "run")
     assert "epoch 1: no sample is assigned to video: its subset is skipped" in caplog.text
     row = summary["history"][1]

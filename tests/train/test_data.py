@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import train.data as D
-from pipeline.adapters import prepare_dataset
+from pipeline.datasets import prepare_dataset
 from pipeline.extract import extract
 from pipeline.features import FeatureConfig
 from pipeline.manifest import write_classes, write_manifest

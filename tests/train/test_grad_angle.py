@@ -5,8 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.train.test_data import extracted_features
-from train.models import build_model
-from train.trainer import TrainConfig, gradient_angle, keep_mask, own_gradient, step_loss, train
+from train.fusions import build_model
+from train.config import TrainConfig
+from train.diagnostics import gradient_angle, own_gradient
+from train.losses import joint_loss
+from train.trainer import keep_mask, train
 
 
 def test_angle_of_hand_set_gradients():
@@ -36,7 +39,7 @@ def test_own_loss_alone_gives_angle_zero_and_fused_loss_does_not():
     out = model(inputs)
     own = own_gradient(model, out, y, keep, "audio")
     cfg = TrainConfig(baseline_loss="fused")
-    step_loss(model, out, y, torch.full((6,), -1), method="baseline", config=cfg).backward()
+    joint_loss(model, out, y, cfg).backward()
     assert 1.0 < gradient_angle(model.encoders["audio"], own) < 180.0
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.remix import ScoresFile, assign_weakest, kl_to_uniform
+from train.methods.remix import ScoresFile, assign_weakest, kl_to_uniform
 
 
 def test_kl_to_uniform_matches_hand_computation():

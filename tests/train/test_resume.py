@@ -25,9 +25,13 @@ import torch
 from tests.conftest import REPO
 from tests.train.test_data import extracted_features
 from train.data import ShardDataset
-from train.models import build_model
+from train.fusions import build_model
 from pipeline.shards import IndexReader
-from train.trainer import RESUME, TrainConfig, accuracies, multimodal_loader, predict, train
+from train.checkpoint import RESUME, default_work_dir as work
+from train.config import TrainConfig
+from train.data import multimodal_loader
+from train.inference import accuracies, predict
+from train.trainer import train
 
 CONFIG = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none",
               checkpoint_every=1)
@@ -56,7 +60,7 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 
 def steps_done(out: Path) -> int:
-    path = out / "steps-rank0.jsonl"
+    path = work(out) / "steps-rank0.jsonl"  # a run in progress writes to its work folder
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
@@ -89,7 +93,7 @@ def assert_same_run(a: Path, b: Path) -> None:
         for g in fa:
             assert np.array_equal(fa[g]["kl"][:], fb[g]["kl"][:]) and np.array_equal(fa[g]["assign"][:], fb[g]["assign"][:])
     assert steps(a, 0) == steps(b, 0)
-    assert not (a / RESUME).exists() and not (b / RESUME).exists()
+    assert not work(a).exists() and not work(b).exists()  # published, scratch removed
 
 
 @pytest.fixture
@@ -110,10 +114,10 @@ def test_sigkill_at_a_random_step_then_rerun_gives_the_uninterrupted_weights(ind
     kill = random.Random(nproc).choice(middle)
     killed = tmp_path / "killed"
     kill_at(launch(index, killed, "remix", nproc, config=MID_EPOCH), killed, kill["global_step"])
-    assert (killed / RESUME).exists() and not (killed / "log.json").exists()
+    assert (work(killed) / RESUME).exists() and not (killed / "log.json").exists()
     if nproc > 1:  # another world size is refused, naming the state file
         other = tmp_path / "other"
-        shutil.copytree(killed, other)
+        shutil.copytree(work(killed), work(other))
         with pytest.raises(RuntimeError, match=r"resume.pt: saved by a run on 2 process\(es\), this run has 1"):
             train(index_path=index, out_dir=other, method="remix", config=TrainConfig(**MID_EPOCH), seed=0)
     out = finish(launch(index, killed, "remix", nproc, config=MID_EPOCH))

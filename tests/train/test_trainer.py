@@ -8,9 +8,13 @@ import torch
 from pipeline.shards import IndexReader
 from tests.train.test_data import extracted_features
 from train.evaluate import evaluate, macro_f1
-from train.models import build_model
-from train.remix import ScoresFile
-from train.trainer import TrainConfig, frozen_norm_stats, imbalance_ratio, keep_mask, step_loss, train
+from train.fusions import build_model
+from train.checkpoint import dataset_fingerprint
+from train.config import TrainConfig
+from train.inference import imbalance_ratio
+from train.methods import build_method, remix
+from train.methods.remix import ScoresFile
+from train.trainer import frozen_norm_stats, keep_mask, train
 
 TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none")
 
@@ -49,7 +53,9 @@ def test_online_scoring_needs_no_scoring_pass(cremad_raw, tmp_path_factory, tmp_
     features = extracted_features(cremad_raw, tmp_path_factory)
     calls = []
     real = trainer.predict
-    monkeypatch.setattr(trainer, "predict", lambda model, loader, *a, **kw: calls.append(loader) or real(model, loader, *a, **kw))
+    spy = lambda model, loader, *a, **kw: calls.append(loader) or real(model, loader, *a, **kw)  # noqa: E731
+    monkeypatch.setattr(trainer, "predict", spy)  # validation
+    monkeypatch.setattr(remix, "predict", spy)  # the scoring passes
     cfg = TrainConfig(**TINY, mask="feature", scoring=scoring)
     summary = train(index_path=features / "index.h5", out_dir=tmp_path / "r", method="remix", config=cfg, seed=0)
     assert len(calls) == cfg.epochs + passes  # one validation pass per epoch, plus the scoring passes
@@ -73,8 +79,9 @@ def _encoder_grads(method: str, m_code: list[int], **config) -> dict[str, torch.
     model = build_model(["audio", "video"], 3, width=4, fusion="concat").eval()
     inputs = {"audio": torch.randn(4, 1, 16, 24), "video": torch.randn(4, 2, 3, 24, 24)}
     out = model(inputs)
-    loss = step_loss(model, out, torch.tensor([0, 1, 2, 0]), torch.tensor(m_code), method=method,
-                     config=TrainConfig(**config))
+    cfg = TrainConfig(**config)
+    loss = build_method(method, cfg, cfg.modalities, 3).loss(model, out, torch.tensor([0, 1, 2, 0]),
+                                                             torch.tensor(m_code), None)
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -125,8 +132,6 @@ def test_metric_helpers():
 
 
 def _fingerprint(features):
-    from train.remix import dataset_fingerprint
-
     return dataset_fingerprint(IndexReader(features / "index.h5"))
 
 
@@ -136,7 +141,7 @@ def test_an_encoder_masked_for_the_whole_step_is_not_moved(cremad_raw, tmp_path_
     """Remix epochs of pure audio batches: the video encoder keeps its weights (no gradient, no momentum, no decay)."""
     from train import trainer
     features = extracted_features(cremad_raw, tmp_path_factory)
-    monkeypatch.setattr(trainer, "assign_weakest", lambda kl: np.zeros(len(kl), np.int64))  # every sample: audio
+    monkeypatch.setattr(remix, "assign_weakest", lambda kl: np.zeros(len(kl), np.int64))  # every sample: audio
     snapshots = []
     real_predict = trainer.predict
 

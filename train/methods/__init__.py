@@ -11,9 +11,10 @@ import pkgutil
 from typing import Any, Mapping
 
 from pipeline.params import from_mapping
-from train.methods.base import Context, Method
+from train.methods.base import Context, EpochPlan, Method
+from train.methods.joint import Only
 
-__all__ = ["Context", "Method", "registry", "build_method", "check_method_name"]
+__all__ = ["Context", "EpochPlan", "Method", "registry", "build_method", "check_method_name"]
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -52,8 +53,6 @@ def build_method(name: str, config, modalities: list[str], num_classes: int,
     if unknown:
         raise ValueError(f"train.method_params: unknown method(s) {unknown}; known: {sorted(registry())}")
     if name.startswith("only_") and name not in registry():
-        from train.methods.joint import Only
-
         return Only(config, modalities, num_classes, modality=name.removeprefix("only_"))
     cls = registry()[name]
     values = method_params.get(name, {})

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.params import Config, setting
 from train.methods.base import Method
 
 
@@ -76,17 +77,13 @@ class GBlend(Method):
     name = "gblend"
 
     @dataclasses.dataclass(frozen=True)
-    class Params:
-        """G-Blend settings (see the class docstring)."""
+    class Params(Config):
+        """G-Blend settings (see the class docstring); every key is documented in params.yaml."""
 
-        super_epoch: int = 2  # epochs per super-epoch, the span over which G and O are measured (>= 1)
-        min_overfit: float = 0.01  # nats, > 0: |O| below it counts as this in w ∝ G / O²
+        section = "train.method_params.gblend"
 
-        def __post_init__(self) -> None:
-            if self.super_epoch < 1:
-                raise ValueError(f"train.method_params.gblend.super_epoch must be >= 1, got {self.super_epoch}")
-            if not self.min_overfit > 0:
-                raise ValueError(f"train.method_params.gblend.min_overfit must be > 0, got {self.min_overfit}")
+        super_epoch: int = setting(2, min=1)
+        min_overfit: float = setting(0.01, min=0.0, min_exclusive=True)
 
     def __init__(self, config, modalities, num_classes, params=None):
         super().__init__(config, modalities, num_classes, params)

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from pipeline.params import Config, setting
+from train.fusions.mmtm import MMTMModel
 from train.methods.base import Method
 
 
@@ -41,17 +43,15 @@ class Greedy(Method):
     name = "greedy"
 
     @dataclasses.dataclass(frozen=True)
-    class Params:
-        """Greedy's switch (authors' code: epsilon = 0.01, window = 5, start after the first epoch)."""
+    class Params(Config):
+        """Greedy's switch (authors' code: epsilon = 0.01, window = 5, start after the first epoch); every key is
+        documented in params.yaml."""
 
-        threshold: float = 0.01  # epsilon: re-balance when max_k s_k - min_k s_k exceeds it (log10 units, >= 0)
-        window: int = 5  # Q: re-balancing steps after each switch (optimizer steps, >= 1)
-        start_epoch: int = 1  # first epoch (0-based) in which a switch may happen; speeds accumulate from step 0
+        section = "train.method_params.greedy"
 
-        def __post_init__(self) -> None:
-            if not self.threshold >= 0 or self.window < 1 or self.start_epoch < 0:
-                raise ValueError(f"train.method_params.greedy: need threshold >= 0, window >= 1, start_epoch >= 0; "
-                                 f"got {self}")
+        threshold: float = setting(0.01, min=0.0)
+        window: int = setting(5, min=1)
+        start_epoch: int = setting(1, min=0)
 
     def __init__(self, config, modalities, num_classes, params=None):
         super().__init__(config, modalities, num_classes, params)
@@ -71,8 +71,6 @@ class Greedy(Method):
 
     # -- model ---------------------------------------------------------------------------------
     def prepare_model(self, model):
-        from train.intermediate import MMTMModel
-
         if not isinstance(model, MMTMModel):
             raise ValueError(f"method greedy needs the MMTM model (train.fusion: mmtm), got {type(model).__name__}")
         return model

@@ -1,9 +1,10 @@
-"""The trainer's own methods: joint training (``baseline``), Data Remixing (``remix``) and ``only_<modality>``."""
+"""Joint training (``baseline``) and one encoder alone (``only_<modality>``, the laziness probe's reference)."""
 from __future__ import annotations
 
+import numpy as np
 import torch.nn.functional as F
 
-from train.methods.base import Method
+from train.methods.base import EpochPlan, Method
 
 
 class Baseline(Method):
@@ -12,16 +13,9 @@ class Baseline(Method):
     name = "baseline"
 
 
-class Remix(Method):
-    """Data Remixing (Ma, Chen, Deng, ICML 2025): eq. 1 warm-up, then per-sample modality assignment by KL to
-    uniform and modality-pure masked batches with L = L_fused + gamma * L_k (the trainer runs the phase)."""
-
-    name = "remix"
-    remix = True
-
-
 class Only(Method):
-    """One encoder and its head alone (every other modality masked): the laziness probe's reference."""
+    """One encoder and its head alone: every sample keeps just this modality (the others input-masked and their
+    encoders skipped); L = its unimodal loss; the checkpoint is selected on its unimodal accuracy."""
 
     name = "only"  # built as only_<modality> by train.methods.build_method
     listed = False
@@ -33,5 +27,14 @@ class Only(Method):
         self.modality = modality
         self.name = f"only_{modality}"
 
+    def plan(self, epoch, ctx):
+        return EpochPlan(modality=np.full(ctx.n_train, self.modalities.index(self.modality)))
+
+    def masking(self):
+        return "input", True
+
     def loss(self, model, out, y, m_code, ctx):
         return F.cross_entropy(out.unimodal[self.modality], y)
+
+    def selection_metric(self, acc):
+        return acc[self.modality]

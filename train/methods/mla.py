@@ -15,7 +15,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from pipeline.params import Config, setting
 from train.methods.base import Context, Method
+from train.methods.remix import Remixing
 
 FEATURE_STATS = ("mean", "covariance")
 
@@ -71,28 +73,23 @@ class MLA(Method):
     name = "mla"
 
     @dataclasses.dataclass(frozen=True)
-    class Params:
-        """MLA settings (Zhang, Latham, Sheng, CVPR 2024): its gradient modification."""
+    class Params(Config):
+        """MLA settings (Zhang, Latham, Sheng, CVPR 2024): its gradient modification; every key is documented in
+        params.yaml."""
 
-        gradient_modification: bool = True  # project the shared head's weight gradient (False: the paper's ablation without it)
-        alpha: float = 0.1  # OWM regulariser of P = alpha (R + alpha I)^-1, > 0, squared-feature units (larger: weaker projection)
-        feature_stat: str = "mean"  # mean: R_k += s s^T, s the batch's mean feature | covariance: R_k += mean_b h_b h_b^T
+        section = "train.method_params.mla"
+
+        gradient_modification: bool = setting(True)
+        alpha: float = setting(0.1, min=0.0, min_exclusive=True)
+        feature_stat: str = setting("mean", choices=FEATURE_STATS)
 
     def __init__(self, config, modalities, num_classes, params=None):
         super().__init__(config, modalities, num_classes, params)
         if len(self.modalities) < 2:
             raise ValueError(f"{self.name}: needs >= 2 modalities, got {self.modalities}")
-        if not self.params.alpha > 0:
-            raise ValueError(f"train.method_params.{self.name}.alpha: must be > 0, got {self.params.alpha}")
-        if self.params.feature_stat not in FEATURE_STATS:
-            raise ValueError(f"train.method_params.{self.name}.feature_stat: {self.params.feature_stat!r} is not one "
-                             f"of {FEATURE_STATS}")
         if getattr(config, "unimodal_pred", "heads") != "heads":
             raise ValueError(f"{self.name}: train.unimodal_pred must be 'heads' (MLA trains no fusion head; its unimodal "
                              f"predictions are the shared head's), got {config.unimodal_pred!r}")
-        if self.remix and getattr(config, "ablation", "full") != "full":
-            raise ValueError(f"{self.name}: train.ablation must be 'full' (each remix batch must be modality-pure and "
-                             f"masked, so that it names the one modality to train), got {config.ablation!r}")
         self.r: torch.Tensor | None = None  # [K, D, D] float64: R_j = sum of feature outer products of modality j
         self.steps = [0] * len(self.modalities)  # steps of each modality this epoch
 
@@ -114,7 +111,7 @@ class MLA(Method):
     # -- per step ------------------------------------------------------------------------------
     def modality_of_step(self, keep: torch.Tensor | None, ctx: Context) -> int:
         """The index of the modality this step trains: alternation by global step, or the remix batch's one."""
-        if not ctx.remixing:
+        if ctx.phase != "remix":
             return ctx.global_step % len(self.modalities)
         if keep is None:
             raise ValueError(f"{self.name}: a remix batch must keep one modality, got one that keeps all")
@@ -192,10 +189,16 @@ class MLA(Method):
         self.steps = list(state.get("steps", [0] * len(self.modalities)))
 
 
-class MLARemix(MLA):
+class MLARemix(Remixing, MLA):
     """MLA + Data Remixing: MLA's alternation during warm-up, then each remix batch (modality-pure, from the
-    trainer's KL assignment) trains its assigned modality, with the same shared head, projection and fusion.
-    The remix loss is MLA's, CE(head(h_k), y) (there is no fusion head to train, so no L_fused term)."""
+    KL assignment) trains its assigned modality, with the same shared head, projection and fusion.
+    The loss stays MLA's, CE(head(h_k), y) (there is no fusion head to train, so no L_fused term)."""
 
     name = "mla_remix"
-    remix = True
+    loss = MLA.loss
+
+    def __init__(self, config, modalities, num_classes, params=None):
+        super().__init__(config, modalities, num_classes, params)
+        if getattr(config, "ablation", "full") != "full":
+            raise ValueError(f"{self.name}: train.ablation must be 'full' (each remix batch must be modality-pure and "
+                             f"masked, so that it names the one modality to train), got {config.ablation!r}")

@@ -5,46 +5,34 @@ Shapes: B batch, K modalities, C classes, D feature dim.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.params import Config, ConfigError, setting
 from train.methods.base import Context, Method
-from train.models import ConcatFusion, DecisionFusion, FiLMFusion, GatedFusion, SumFusion
 
 COEFFS = ("tanh", "tanh_shift", "inverse")
 PARAM_SETS = ("all", "conv")
 
 
 def modality_logits(model, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """name -> [B, C]: each modality's share of the fusion head's output (float32).
+    """name -> [B, C]: each modality's share of the fusion head's output (float32): ``model.modality_shares``.
 
     concat: the modality's block of the fused Linear plus bias / K; sum: its own Linear; decision: its own
     Linear / K. For these three the shares add up to the fused logits exactly. film, gated (not additive):
-    the fusion head with every other modality's features zeroed. Any other head (e.g. CentralNet's, fed by
-    hidden layers): ValueError.
+    the fusion head with every other modality's features zeroed. A head without shares (e.g. CentralNet's,
+    fed by hidden layers): ValueError.
     """
-    fusion, mods = model.fusion, list(model.modalities)
-    feats = {m: features[m].float() for m in mods}  # K x [B, D]
-    k, d = len(mods), model.feature_dim
-    if isinstance(fusion, ConcatFusion):
-        w, b = fusion.fc.weight.float(), fusion.fc.bias.float()  # [C, K*D], [C]
-        return {m: feats[m] @ w[:, j * d:(j + 1) * d].T + b / k for j, m in enumerate(fusion.modalities)}
-    if isinstance(fusion, SumFusion):
-        return {m: F.linear(feats[m], fusion.fc[m].weight.float(), fusion.fc[m].bias.float()) for m in mods}
-    if isinstance(fusion, DecisionFusion):
-        return {m: F.linear(feats[m], fusion.fc[m].weight.float(), fusion.fc[m].bias.float()) / k for m in mods}
-    if isinstance(fusion, (FiLMFusion, GatedFusion)):
-        return {m: fusion({n: feats[m] if n == m else torch.zeros_like(feats[m]) for n in mods}).float()
-                for m in mods}
-    raise _no_shares(model)
+    if not model.has_modality_shares:
+        raise _no_shares(model)
+    return model.modality_shares(features)
 
 
 def _no_shares(model) -> ValueError:
     return ValueError(f"ogm_ge: no per-modality share of the {type(model.fusion).__name__} head (train.fusion "
-                      f"{getattr(model, 'fusion_name', '?')!r}); OGM-GE needs a head on the final features: "
-                      f"concat, sum, decision, film or gated (or mmtm, whose head is concat)")
+                      f"{getattr(model, 'fusion_name', '?')!r}); OGM-GE needs a fusion head on the final features "
+                      f"with modality_shares: concat, sum, decision, film or gated (or mmtm, whose head is concat)")
 
 
 def discrepancy_ratio(scores: torch.Tensor) -> torch.Tensor:
@@ -93,26 +81,21 @@ class OGMGE(Method):
     name = "ogm_ge"
 
     @dataclasses.dataclass(frozen=True)
-    class Params:
-        """OGM-GE settings (defaults: the official code's CREMA-D setting)."""
+    class Params(Config):
+        """OGM-GE settings (defaults: the official code's CREMA-D setting); every key is documented in params.yaml."""
 
-        alpha: float = 0.8  # modulation strength, >= 0 (official README: 0.8 for CREMA-D, 0.1 for VGGSound)
-        coeff: str = "tanh"  # k where rho > 1: tanh (paper eq. 10) | tanh_shift | inverse (see coefficients())
-        ge: bool = True  # add N(0, std(grad)^2) noise to every modulated encoder gradient (GE); False: OGM alone
-        start_epoch: int = 0  # first epoch (0-based) of modulation, inclusive
-        end_epoch: int = 50  # epoch at which modulation stops, exclusive (official code: epochs 0..50)
-        params: str = "all"  # encoder parameters modulated: all | conv (4-D conv weights only, the official code)
+        section = "train.method_params.ogm_ge"
 
-        def __post_init__(self) -> None:
-            if self.coeff not in COEFFS:
-                raise ValueError(f"train.method_params.ogm_ge.coeff: {self.coeff!r} is not one of {COEFFS}")
-            if self.params not in PARAM_SETS:
-                raise ValueError(f"train.method_params.ogm_ge.params: {self.params!r} is not one of {PARAM_SETS}")
-            if not (self.alpha >= 0 and math.isfinite(self.alpha)):
-                raise ValueError(f"train.method_params.ogm_ge.alpha: must be finite and >= 0, got {self.alpha}")
-            if not 0 <= self.start_epoch <= self.end_epoch:
-                raise ValueError(f"train.method_params.ogm_ge: need 0 <= start_epoch <= end_epoch, got "
-                                 f"{self.start_epoch}, {self.end_epoch}")
+        alpha: float = setting(0.8, min=0.0)
+        coeff: str = setting("tanh", choices=COEFFS)
+        ge: bool = setting(True)
+        start_epoch: int = setting(0, min=0)
+        end_epoch: int = setting(50, min=0)
+        params: str = setting("all", choices=PARAM_SETS)
+
+        def check(self) -> None:
+            if self.end_epoch < self.start_epoch:
+                raise ConfigError("end_epoch", f"must be >= start_epoch ({self.start_epoch}), got {self.end_epoch}")
 
     def __init__(self, config, modalities, num_classes, params=None):
         super().__init__(config, modalities, num_classes, params)
@@ -127,7 +110,7 @@ class OGMGE(Method):
 
     def prepare_model(self, model):
         """Unchanged; fails now (not at the first step) on a fusion head without per-modality shares."""
-        if not isinstance(model.fusion, (ConcatFusion, SumFusion, DecisionFusion, FiLMFusion, GatedFusion)):
+        if not model.has_modality_shares:
             raise _no_shares(model)
         return model
 

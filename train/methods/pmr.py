@@ -5,11 +5,12 @@ Shapes: B batch, K modalities, C classes, D feature dim, N samples of the traini
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.params import Config, setting
+from train.inference import autocast
 from train.methods.base import Context, Method
 
 DISTANCES = ("euclidean", "squared")
@@ -63,25 +64,16 @@ class PMR(Method):
     name = "pmr"
 
     @dataclasses.dataclass(frozen=True)
-    class Params:
-        """PMR settings."""
+    class Params(Config):
+        """PMR settings; every key is documented in params.yaml."""
 
-        alpha: float = 1.0  # weight of the PCE loss, >= 0 (paper alpha: 1 or 2)
-        mu: float = 1e-3  # weight of the PER term, >= 0 (paper mu: 1e-2 or 1e-3)
-        per_epochs: int = 5  # PER only in epochs < per_epochs (paper E_r, "the first few epochs"; 0: never)
-        momentum: float = 0.2  # eq. 12 epsilon in [0, 1): weight of the previous prototypes (official code 0.2)
-        distance: str = "euclidean"  # euclidean (paper, official code) | squared: d = ||h - c||^2
+        section = "train.method_params.pmr"
 
-        def __post_init__(self) -> None:
-            if self.distance not in DISTANCES:
-                raise ValueError(f"train.method_params.pmr.distance: {self.distance!r} is not one of {DISTANCES}")
-            if not (self.alpha >= 0 and self.mu >= 0 and math.isfinite(self.alpha) and math.isfinite(self.mu)):
-                raise ValueError(f"train.method_params.pmr: alpha and mu must be finite and >= 0, got "
-                                 f"{self.alpha}, {self.mu}")
-            if not 0 <= self.momentum < 1:
-                raise ValueError(f"train.method_params.pmr.momentum: must be in [0, 1), got {self.momentum}")
-            if self.per_epochs < 0:
-                raise ValueError(f"train.method_params.pmr.per_epochs: must be >= 0, got {self.per_epochs}")
+        alpha: float = setting(1.0, min=0.0)
+        mu: float = setting(1e-3, min=0.0)
+        per_epochs: int = setting(5, min=0)
+        momentum: float = setting(0.2, min=0.0, max=1.0, max_exclusive=True)
+        distance: str = setting("euclidean", choices=DISTANCES)
 
     def __init__(self, config, modalities, num_classes, params=None):
         super().__init__(config, modalities, num_classes, params)
@@ -105,7 +97,6 @@ class PMR(Method):
         the model in eval mode (its train/eval mode restored after), under the trainer's autocast (bf16 on CUDA)."""
         if "train_eval" not in ctx.loaders or ctx.to_inputs is None:
             raise ValueError("pmr: the context has no loaders['train_eval'] / to_inputs to compute prototypes")
-        from train.trainer import autocast  # (train.trainer imports this package)
 
         model = ctx.model
         was_training = model.training

@@ -12,20 +12,22 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from train.methods.base import Method
+from pipeline.params import Config, setting
+from train.inference import autocast
+from train.methods.base import EpochPlan, Method
+from train.methods.remix import Remixing
 
 
 @torch.no_grad()
 def subset_values(model, out, y: torch.Tensor, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """[B, 2^K] v(S) per sample: 1 when the fusion head, fed only the features of the modalities in S (the
     others zeroed), predicts y; v(empty) = 0. out: the model's output on the real inputs (no masking).
-    An intermediate fusion (train/intermediate.py) has no head over final features alone: there v(S) is the
-    model's fused output with the modalities outside S feature-masked (``inputs`` needed)."""
-    from train.models import INTERMEDIATE_FUSIONS
-
+    An intermediate fusion (``model.late_fusion`` false: train/fusions/intermediate.py) has no head over final
+    features alone: there v(S) is the model's fused output with the modalities outside S feature-masked
+    (``inputs`` needed)."""
     mods = list(model.modalities)
     k = len(mods)
-    intermediate = getattr(model, "fusion_name", None) in INTERMEDIATE_FUSIONS
+    intermediate = not getattr(model, "late_fusion", True)
     if intermediate and inputs is None:
         raise ValueError(f"resample: fusion {model.fusion_name!r} needs the inputs to value modality subsets")
     values = torch.zeros(len(y), 2 ** k, device=y.device)
@@ -71,7 +73,6 @@ def copies_from_contribution(phi: np.ndarray, scale: float, max_extra: int) -> n
 def sample_contributions(model, loader, to_inputs, device: torch.device, n: int, amp: str = "none") -> np.ndarray:
     """[N, K] every sample's Shapley contributions of the modalities (eval mode; the loader's whole split,
     items ordered by ``batch["index"]``); the model's train/eval mode is restored."""
-    from train.trainer import autocast
 
     was_training = model.training
     model.eval()
@@ -117,15 +118,13 @@ class Resample(Method):
     name = "resample"
 
     @dataclasses.dataclass(frozen=True)
-    class Params:
-        """Re-sampling settings (see the class docstring)."""
+    class Params(Config):
+        """Re-sampling settings (see the class docstring); every key is documented in params.yaml."""
 
-        scale: float = 2.0  # extra copies per unit of the weakest modality's shortfall 1 - phi_min (in [0, 2]), >= 0
-        max_extra: int = 3  # most extra copies of one sample per epoch (copies in [1, 1 + max_extra]), >= 0
+        section = "train.method_params.resample"
 
-        def __post_init__(self) -> None:
-            if self.scale < 0 or self.max_extra < 0:
-                raise ValueError(f"resample: scale and max_extra must be >= 0, got {self.scale}, {self.max_extra}")
+        scale: float = setting(2.0, min=0.0)
+        max_extra: int = setting(3, min=0)
 
     def __init__(self, config, modalities, num_classes, params=None):
         super().__init__(config, modalities, num_classes, params)
@@ -133,8 +132,8 @@ class Resample(Method):
         self.contrib: np.ndarray | None = None  # [N, K] the last valuation
 
     def active(self, epoch: int, ctx) -> bool:
-        """Whether ``epoch`` re-samples: after the warm-up (with ``remix``: in the remix phase)."""
-        return ctx.remixing if self.remix else epoch >= self.config.warmup_epochs
+        """Whether ``epoch`` re-samples: after the warm-up."""
+        return epoch >= self.config.warmup_epochs
 
     def epoch_start(self, epoch, ctx):
         if not self.active(epoch, ctx):
@@ -144,8 +143,8 @@ class Resample(Method):
                                             ctx.n_train, ctx.config.amp)
         self.copies = copies_from_contribution(self.contrib, self.params.scale, self.params.max_extra)
 
-    def repeats(self, epoch, ctx):
-        return None if self.copies is None else self.copies.copy()
+    def plan(self, epoch, ctx):
+        return EpochPlan(copies=None if self.copies is None else self.copies.copy())
 
     def epoch_end(self, epoch, ctx):
         if self.copies is None:
@@ -162,9 +161,12 @@ class Resample(Method):
         self.contrib = None if state["contrib"] is None else np.asarray(state["contrib"]).copy()
 
 
-class ResampleRemix(Resample):
+class ResampleRemix(Remixing, Resample):
     """Resample + Data Remixing: the remix phase's per-sample modality assignment applied to the re-sampled
     epoch (every copy of a sample carries its assigned modality); see :class:`Resample`."""
 
     name = "resample_remix"
-    remix = True
+
+    def active(self, epoch: int, ctx) -> bool:
+        """Re-sampling starts with the remix phase (after a warm-up the guard may extend)."""
+        return ctx.phase == "remix"

@@ -8,7 +8,9 @@ from typing import Callable
 import pytest
 import torch
 
-from train.trainer import RESUME, TrainConfig, train
+from train.checkpoint import RESUME, default_work_dir
+from train.config import TrainConfig
+from train.trainer import train
 
 
 def interrupted_then_resumed(features, tmp_path, method: str, cls, cfg: TrainConfig, stop_at: int, monkeypatch, *,
@@ -19,7 +21,7 @@ def interrupted_then_resumed(features, tmp_path, method: str, cls, cfg: TrainCon
     cfg = dataclasses.replace(cfg, checkpoint_every=1)
     clean = train(index_path=features / "index.h5", out_dir=tmp_path / "clean", method=method, config=cfg, seed=seed)
 
-    def stop(self, model, ctx):
+    def stop(self, model, out, batch, ctx):
         if ctx.global_step == stop_at:
             raise KeyboardInterrupt("interrupted")
 
@@ -27,7 +29,7 @@ def interrupted_then_resumed(features, tmp_path, method: str, cls, cfg: TrainCon
         m.setattr(cls, "after_step", stop)
         with pytest.raises(KeyboardInterrupt):
             train(index_path=features / "index.h5", out_dir=tmp_path / "resumed", method=method, config=cfg, seed=seed)
-    assert (tmp_path / "resumed" / RESUME).exists()
+    assert (default_work_dir(tmp_path / "resumed") / RESUME).exists()
     if before_resume is not None:
         before_resume(tmp_path / "resumed")
     resumed = train(index_path=features / "index.h5", out_dir=tmp_path / "resumed", method=method, config=cfg,

@@ -6,10 +6,11 @@ import pytest
 from tests.train.test_data import extracted_features
 from train.evaluate import evaluate
 from train.methods import registry
-from train.models import FUSIONS, INTERMEDIATE_FUSIONS
-from train.trainer import TrainConfig, train
+from train.fusions import names
+from train.config import TrainConfig
+from train.trainer import train
 
-ALL_FUSIONS = sorted(FUSIONS) + list(INTERMEDIATE_FUSIONS)
+ALL_FUSIONS = names()
 # methods defined for some fusions only (the others must be refused clearly): Greedy needs MMTM's cross-modal
 # modules; OGM-GE needs each modality's share of the fused logits, which CentralNet's central branch has not
 NEEDS = {"greedy": {"mmtm"}, "ogm_ge": set(ALL_FUSIONS) - {"centralnet"}}

@@ -14,8 +14,8 @@ from train.data import ShardDataset
 from train.methods import build_method
 from train.methods import gblend
 from train.methods.gblend import GBlend, blend_weights
-from train.models import build_model
-from train.trainer import TrainConfig
+from train.fusions import build_model
+from train.config import TrainConfig
 
 TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none")
 

@@ -11,8 +11,9 @@ import torch
 from tests.train.test_data import extracted_features
 from train.evaluate import evaluate
 from train.methods import Context, build_method
-from train.models import build_model
-from train.trainer import TrainConfig, train
+from train.fusions import build_model
+from train.config import TrainConfig
+from train.trainer import train
 
 W, C, B = 2, 3, 2
 MODS = ["audio", "video"]

@@ -17,8 +17,13 @@ from train import evaluate as evaluate_mod
 from train.evaluate import evaluate
 from train.methods import Context, build_method
 from train.methods.mla import MLA, MLARemix
-from train.models import AVModel, ModelOutput, build_model
-from train.trainer import RESUME, TrainConfig, train
+from train.fusions import build_model
+from train.fusions.concat import ConcatFusion
+from train.models import AVModel, ModelOutput
+from train.checkpoint import RESUME, default_work_dir
+from train.config import TrainConfig
+from train.methods.remix import Remixing
+from train.trainer import train
 
 TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none")
 
@@ -32,7 +37,7 @@ def toy(names: list[str], d: int = 3, c: int = 2, identity: bool = False) -> AVM
         if identity:
             nn.init.eye_(lin.weight)
         encs[m] = lin
-    return AVModel(encs, feature_dim=d, num_classes=c, fusion="concat")
+    return AVModel(encs, feature_dim=d, num_classes=c, fusion=ConcatFusion)
 
 
 def context(model: AVModel, names: list[str], all_sum=lambda t: t) -> Context:
@@ -77,9 +82,9 @@ def test_heads_are_tied_and_state_dict_round_trips():
 def test_registered_with_params_and_rejects_bad_settings():
     cfg = TrainConfig(**TINY)
     m = build_method("mla", cfg, ["audio", "video"], 3, {"mla": {"alpha": 2, "feature_stat": "covariance"}})
-    assert type(m) is MLA and m.params.alpha == 2.0 and m.params.feature_stat == "covariance" and not m.remix
+    assert type(m) is MLA and m.params.alpha == 2.0 and m.params.feature_stat == "covariance" and not isinstance(m, Remixing)
     r = build_method("mla_remix", cfg, ["audio", "video"], 3, {})
-    assert type(r) is MLARemix and r.remix
+    assert type(r) is MLARemix and isinstance(r, Remixing)
     with pytest.raises(ValueError, match="alpha"):
         build_method("mla", cfg, ["audio", "video"], 3, {"mla": {"alpha": 0.0}})
     with pytest.raises(ValueError, match="feature_stat"):
@@ -133,7 +138,7 @@ def test_mla_remix_trains_the_assigned_modality_in_the_remix_phase():
     for s in range(2):  # warm-up: alternation as MLA
         ctx.global_step = s
         got.append(one_step(method, model, ctx, inputs, y))
-    ctx.remixing = True
+    ctx.phase = "remix"
     for s, j in zip(range(2, 6), [1, 1, 0, 1]):  # remix: the batch's modality, whatever the step
         ctx.global_step = s
         keep = torch.zeros(4, 2, dtype=torch.bool)
@@ -306,7 +311,7 @@ def _record_steps(monkeypatch) -> list[tuple]:
 
     def spy(self, model, out, y, m_code, ctx):
         got = [m for m in model.modalities if any(p.grad is not None for p in model.encoders[m].parameters())]
-        log.append((ctx.global_step, ctx.remixing, sorted(set(m_code.tolist())), got))
+        log.append((ctx.global_step, ctx.phase == "remix", sorted(set(m_code.tolist())), got))
         return real(self, model, out, y, m_code, ctx)
 
     monkeypatch.setattr(MLA, "modulate_gradients", spy)
@@ -370,7 +375,7 @@ def test_mla_remix_resumes_exactly(cremad_raw, tmp_path_factory, tmp_path, monke
     cfg = TrainConfig(**{**TINY, "epochs": 4, "warmup_epochs": 2})
 
     def check_state(run_dir):
-        state = torch.load(run_dir / RESUME, map_location="cpu", weights_only=False)
-        assert state["run"]["global_step"] == 5 and state["method"]["r"].abs().sum() > 0
+        state = torch.load(default_work_dir(run_dir) / RESUME, map_location="cpu", weights_only=False)
+        assert state["run"].global_step == 5 and state["method"]["r"].abs().sum() > 0
 
     interrupted_then_resumed(features, tmp_path, "mla_remix", MLA, cfg, 5, monkeypatch, before_resume=check_state)

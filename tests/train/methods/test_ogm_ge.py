@@ -19,8 +19,12 @@ from train.evaluate import evaluate
 from train.methods import build_method
 from train.methods.base import Context
 from train.methods.ogm_ge import OGMGE, coefficients, discrepancy_ratio, modality_logits
+from train.fusions import registry
+from train.fusions.concat import ConcatFusion
+from train.fusions.gated import GatedFusion
 from train.models import AVModel
-from train.trainer import TrainConfig, train
+from train.config import TrainConfig
+from train.trainer import train
 
 TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none")
 
@@ -38,7 +42,7 @@ def make_ctx(model: AVModel, cfg: TrainConfig, *, epoch: int = 0, global_step: i
 def fixed_toy(fusion: str = "concat") -> tuple[AVModel, dict[str, torch.Tensor], torch.Tensor]:
     """K = 2 (a, v), D = 1, C = 2, identity encoders; the concat head W = [[2, -1], [0, 1]], b = [0.4, -0.2]."""
     encoders = {m: nn.Linear(1, 1, bias=False) for m in ("a", "v")}
-    model = AVModel(encoders, feature_dim=1, num_classes=2, fusion=fusion)
+    model = AVModel(encoders, feature_dim=1, num_classes=2, fusion=registry()[fusion])
     with torch.no_grad():
         for e in encoders.values():
             e.weight.fill_(1.0)
@@ -76,7 +80,7 @@ def test_scores_ratio_and_coefficient_by_hand():
 @pytest.mark.parametrize("fusion", ["concat", "sum", "decision"])
 def test_additive_fusions_split_exactly(fusion):
     torch.manual_seed(0)
-    model = AVModel({m: nn.Linear(3, 4) for m in ("a", "v", "w")}, feature_dim=4, num_classes=5, fusion=fusion)
+    model = AVModel({m: nn.Linear(3, 4) for m in ("a", "v", "w")}, feature_dim=4, num_classes=5, fusion=registry()[fusion])
     out = model({m: torch.randn(6, 3) for m in ("a", "v", "w")})
     shares = modality_logits(model, out.features)
     assert torch.allclose(sum(shares.values()), out.fused, atol=1e-5)  # the shares add up to the fused logits
@@ -87,7 +91,7 @@ def test_additive_fusions_split_exactly(fusion):
 @pytest.mark.parametrize("fusion", ["film", "gated"])
 def test_other_fusions_zero_the_other_modalities(fusion):
     torch.manual_seed(0)
-    model = AVModel({m: nn.Linear(3, 4) for m in ("a", "v")}, feature_dim=4, num_classes=5, fusion=fusion)
+    model = AVModel({m: nn.Linear(3, 4) for m in ("a", "v")}, feature_dim=4, num_classes=5, fusion=registry()[fusion])
     x = {m: torch.randn(6, 3) for m in ("a", "v")}
     shares = modality_logits(model, model(x).features)
     for m in ("a", "v"):
@@ -129,7 +133,7 @@ def wide_toy(mods=("a", "v"), seed: int = 0) -> tuple[AVModel, dict[str, torch.T
     """Encoders Linear(50, 20): 1000 weights each; C = 3, B = 16 random samples."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = AVModel({m: nn.Linear(50, 20) for m in mods}, feature_dim=20, num_classes=3, fusion="concat")
+    model = AVModel({m: nn.Linear(50, 20) for m in mods}, feature_dim=20, num_classes=3, fusion=ConcatFusion)
     inputs = {m: torch.randn(16, 50, generator=g) for m in mods}
     return model, inputs, torch.randint(0, 3, (16,), generator=g)
 
@@ -253,13 +257,13 @@ def test_exact_resume_mid_epoch(cremad_raw, tmp_path_factory, tmp_path, monkeypa
 
 
 def test_head_without_shares_fails_at_build():
-    class Hidden(nn.Module):  # a fused head that is not one of train.models' heads on the final features
+    class Hidden(nn.Module):  # a fused head without modality_shares (not one of train.fusions' heads)
         def forward(self, feats):
             return sum(feats.values())
 
-    model = AVModel({m: nn.Linear(3, 2) for m in ("a", "v")}, feature_dim=2, num_classes=2)
+    model = AVModel({m: nn.Linear(3, 2) for m in ("a", "v")}, feature_dim=2, num_classes=2, fusion=ConcatFusion)
     model.fusion = Hidden()
     with pytest.raises(ValueError, match="no per-modality share of the Hidden head"):
         ogm(["a", "v"]).prepare_model(model)
-    plain = AVModel({m: nn.Linear(3, 2) for m in ("a", "v")}, feature_dim=2, num_classes=2, fusion="gated")
+    plain = AVModel({m: nn.Linear(3, 2) for m in ("a", "v")}, feature_dim=2, num_classes=2, fusion=GatedFusion)
     assert ogm(["a", "v"]).prepare_model(plain) is plain

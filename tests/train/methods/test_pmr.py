@@ -21,8 +21,11 @@ from train.evaluate import evaluate
 from train.methods import build_method
 from train.methods.base import Context
 from train.methods.pmr import PMR, pmr_weights, prototype_logits
+from train.fusions.concat import ConcatFusion
+from train.fusions.gated import GatedFusion
 from train.models import AVModel
-from train.trainer import TrainConfig, train
+from train.config import TrainConfig
+from train.trainer import train
 
 TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none")
 
@@ -42,7 +45,7 @@ def test_prototypes_are_class_means_in_eval_mode_then_blended():
     torch.manual_seed(0)
     # Dropout(0.5) first: only in eval mode are the features the plain affine map of the inputs
     model = AVModel({m: nn.Sequential(nn.Dropout(0.5), nn.Linear(3, 2)) for m in ("a", "v")}, feature_dim=2,
-                    num_classes=4, fusion="concat").train()
+                    num_classes=4, fusion=ConcatFusion).train()
     x = {m: torch.randn(6, 3) for m in ("a", "v")}  # [N = 6, 3]
     labels = torch.tensor([0, 1, 0, 2, 1, 0])  # class 3 absent
     loader = [{"a": x["a"][:4], "v": x["v"][:4], "label": labels[:4]},
@@ -86,7 +89,7 @@ def softmax(z: list[float]) -> list[float]:
 
 @pytest.mark.parametrize("distance", ["euclidean", "squared"])
 def test_loss_by_hand(distance):
-    model = AVModel({m: nn.Linear(2, 2) for m in ("a", "v")}, feature_dim=2, num_classes=2, fusion="concat")
+    model = AVModel({m: nn.Linear(2, 2) for m in ("a", "v")}, feature_dim=2, num_classes=2, fusion=ConcatFusion)
     with torch.no_grad():  # identity encoders: the features are the inputs
         for e in model.encoders.values():
             e.weight.copy_(torch.eye(2))
@@ -136,7 +139,7 @@ def test_weights_eq11_and_three_modalities():
     assert rho.tolist() == pytest.approx([3 / 1.6, 2 / 2.1, 1.2 / 2.5])
     assert pce.tolist() == pytest.approx([0.0, 2.1 / 2 - 1, 1.0]) and per.tolist() == pytest.approx([3 / 1.6 - 1, 0, 0])
     torch.manual_seed(0)
-    model = AVModel({m: nn.Linear(3, 4) for m in ("a", "v", "w")}, feature_dim=4, num_classes=3, fusion="gated")
+    model = AVModel({m: nn.Linear(3, 4) for m in ("a", "v", "w")}, feature_dim=4, num_classes=3, fusion=GatedFusion)
     method = pmr(("a", "v", "w"), num_classes=3)
     method.prototypes = torch.randn(3, 3, 4)
     y = torch.tensor([0, 1, 2, 1])
@@ -161,7 +164,7 @@ def test_params_checked_state_round_trip_and_no_prototypes():
     with pytest.raises(ValueError, match="momentum"):
         pmr(momentum=1.0)
     method = pmr()
-    model = AVModel({m: nn.Linear(2, 2) for m in ("a", "v")}, feature_dim=2, num_classes=2)
+    model = AVModel({m: nn.Linear(2, 2) for m in ("a", "v")}, feature_dim=2, num_classes=2, fusion=ConcatFusion)
     y = torch.tensor([0, 1])
     with pytest.raises(RuntimeError, match="no prototypes"):
         method.loss(model, model({m: torch.randn(2, 2) for m in ("a", "v")}), y, y, make_ctx(model, method))

@@ -15,9 +15,11 @@ from tests.train.test_data import extracted_features
 from train.methods import build_method
 from train.methods.resample import (Resample, ResampleRemix, copies_from_contribution, sample_contributions,
                                     shapley)
+from train.fusions.concat import ConcatFusion
 from train.models import AVModel
 from train.sampler import RemixBatchSampler
-from train.trainer import TrainConfig
+from train.config import TrainConfig
+from train.methods.remix import Remixing
 
 TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, workers=0, guard="none")
 
@@ -26,7 +28,7 @@ TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, wor
 
 def _toy_model() -> AVModel:
     """Identity encoders (D = 2), 2 classes, concat fusion: logits(S) = (0, 1) + sum_{m in S} x_m."""
-    model = AVModel({"audio": nn.Identity(), "video": nn.Identity()}, feature_dim=2, num_classes=2, fusion="concat")
+    model = AVModel({"audio": nn.Identity(), "video": nn.Identity()}, feature_dim=2, num_classes=2, fusion=ConcatFusion)
     with torch.no_grad():
         model.fusion.fc.weight.copy_(torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1]]))
         model.fusion.fc.bias.copy_(torch.tensor([0.0, 1.0]))
@@ -87,15 +89,15 @@ def test_params_and_registry():
     cfg = TrainConfig(methods=["resample", "resample_remix"])
     a = build_method("resample", cfg, ["audio", "video"], 3, {"resample": {"max_extra": 2}})
     b = build_method("resample_remix", cfg, ["audio", "video"], 3, {})
-    assert isinstance(a, Resample) and not a.remix and a.params.max_extra == 2 and a.params.scale == 2.0
-    assert isinstance(b, ResampleRemix) and b.remix
+    assert isinstance(a, Resample) and not isinstance(a, Remixing) and a.params.max_extra == 2 and a.params.scale == 2.0
+    assert isinstance(b, ResampleRemix) and isinstance(b, Remixing)
     with pytest.raises(ValueError, match="max_extra"):
         build_method("resample", cfg, ["audio", "video"], 3, {"resample": {"max_extra": -1}})
     a.copies, a.contrib = np.array([1, 3, 2, 2]), np.zeros((4, 2))
     assert a.epoch_end(1, None) == {"expansion": 2.0, "resampled": 0.75}
     c = Resample(cfg, ["audio", "video"], 3)
     c.load_state_dict(a.state_dict())
-    assert c.copies.tolist() == [1, 3, 2, 2] and c.repeats(1, None).tolist() == [1, 3, 2, 2]
+    assert c.copies.tolist() == [1, 3, 2, 2] and c.plan(1, None).copies.tolist() == [1, 3, 2, 2]
     assert Resample(cfg, ["audio", "video"], 3).epoch_end(0, None) == {"expansion": 1.0, "resampled": 0.0}
 
 

@@ -1,0 +1,85 @@
+"""The ``train`` section of params.yaml as one typed, validated object: :class:`TrainConfig`.
+
+Each key's meaning is written once, in params.yaml (``tests/test_params_doc.py`` keeps the two in step);
+each field declares its type and rule once (:func:`pipeline.params.setting`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from pipeline.params import Config, ConfigError, from_mapping, setting
+from train import fusions
+from train.methods import check_method_name, registry
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Config):
+    """The ``train`` section of params.yaml; every key is documented there."""
+
+    section = "train"
+
+    methods: list[str] = setting(["baseline", "remix"])
+    modalities: list[str] = setting(["audio", "video"])
+    fusion: str = setting("concat", choices=fusions.names)
+    width: int = setting(16, min=1)
+    epochs: int = setting(16, min=1)
+    warmup_epochs: int = setting(6, min=0)
+    batch_size: int = setting(32, min=1)
+    lr: float = setting(1e-3, min=0.0, min_exclusive=True)
+    weight_decay: float = setting(1e-4, min=0.0)
+    optimizer: str = setting("adamw", choices=("adamw", "sgd"))
+    schedule: str = setting("cosine", choices=("cosine", "constant"))
+    alpha: float = setting(0.5, min=0.0)
+    baseline_loss: str = setting("fused", choices=("fused", "eq1"))
+    gamma: float = setting(1.0, min=0.0)
+    mask: str = setting("feature", choices=("feature", "input"))
+    order: str = setting("sequential", choices=("sequential", "interleaved"))
+    ablation: str = setting("full", choices=("full", "decouple", "reassemble"))
+    unimodal_pred: str = setting("heads", choices=("heads", "dropout"))
+    skip_masked: bool = setting(False)
+    drop_last: bool = setting(False)
+    guard: str = setting("extend_warmup", choices=("none", "extend_warmup"))
+    guard_margin: float = setting(0.1, min=0.0, max=1.0)
+    guard_max_extra_epochs: int = setting(4, min=0)
+    frame_size: int = setting(80, min=1)
+    workers: int = setting(2, min=0)
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    checkpoint_every: int = setting(50, min=0)
+    nproc: int = setting(1, min=1)
+    backend: str = setting("auto", choices=("auto", "gloo", "nccl"))
+    scoring: str = setting("pass", choices=("pass", "online"))
+    amp: str = setting("bf16", choices=("bf16", "none"))
+    verify_shards: str = setting("sha256", choices=("sha256", "size"))
+    grad_angle: str = setting("")
+    seed: int = setting(-1, min=-1)
+    method_params: dict = setting({})
+
+    def check(self) -> None:
+        if len(self.modalities) < 2 or len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError("modalities", f"need >= 2 distinct modalities, got {self.modalities}")
+        if not self.methods:
+            raise ConfigError("methods", "empty: name at least one method")
+        for m in self.methods:
+            try:
+                check_method_name(m, self.modalities)
+            except ValueError as err:
+                raise ConfigError("methods", str(err).removeprefix("train.methods: ")) from None
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError("warmup_epochs", f"must be <= epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.grad_angle and self.grad_angle not in self.modalities:
+            raise ConfigError("grad_angle", f"must be \"\" (off) or one of modalities {self.modalities}, "
+                              f"got {self.grad_angle!r}")
+        if self.fusion == "centralnet" and self.scoring == "online" and self.unimodal_pred == "dropout":
+            raise ConfigError("fusion", "centralnet needs every stage's hidden states for the fused head; "
+                              "use scoring: pass or unimodal_pred: heads")
+        known = registry()
+        unknown = sorted(set(self.method_params) - set(known), key=str)
+        if unknown:
+            raise ConfigError("method_params", f"unknown method(s) {unknown}; known: {sorted(known)}")
+        for name, values in self.method_params.items():  # each method's Params, even of methods not run
+            from_mapping(known[name].Params, values, f"{self.section}.method_params.{name}")
+
+
+def training_seed(cfg: TrainConfig, base_seed: int) -> int:
+    """``train.seed``, or ``base.seed`` when it is -1."""
+    return base_seed if cfg.seed < 0 else cfg.seed
