@@ -151,29 +151,13 @@ def _type_name(hint) -> str:
 
 def _coerce(value, hint, rule: Rule | None) -> tuple[Any, str | None]:
     """(``value`` converted to ``hint``, None) or (value, why it is not one)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    origin = typing.get_origin(hint)
     if hint is Any:
         return value, None
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return value, None
-        reasons = []
-        for arg in (a for a in args if a is not type(None)):
-            out, why = _coerce(value, arg, rule)
-            if why is None:
-                return out, None
-            reasons.append(why)
-        return value, reasons[0] if len(reasons) == 1 else f"expected {_type_name(hint)}, got {value!r}"
+        return _coerce_union(value, hint, rule)
     if hint is list or origin is list:
-        if not isinstance(value, (list, tuple)):
-            return value, f"expected a list, got {type(value).__name__} {value!r}"
-        items = []
-        for i, item in enumerate(value):
-            out, why = _coerce(item, args[0] if args else Any, rule)
-            if why is not None:
-                return value, f"item {i}: {why}"
-            items.append(out)
-        return items, None
+        return _coerce_list(value, hint, rule)
     if hint is dict or origin is dict:
         if not isinstance(value, Mapping):
             return value, f"expected a mapping, got {type(value).__name__} {value!r}"
@@ -187,6 +171,34 @@ def _coerce(value, hint, rule: Rule | None) -> tuple[Any, str | None]:
     elif type(value) is not hint:  # exact: a bool is no int, an int no str
         return value, f"expected {_type_name(hint)}, got {type(value).__name__} {value!r}"
     return value, None if rule is None else rule.problem(value)
+
+
+def _coerce_union(value, hint, rule: Rule | None) -> tuple[Any, str | None]:
+    """``X | Y | None``: the first member type that accepts ``value``."""
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return value, None
+    reasons = []
+    for arg in (a for a in args if a is not type(None)):
+        out, why = _coerce(value, arg, rule)
+        if why is None:
+            return out, None
+        reasons.append(why)
+    return value, reasons[0] if len(reasons) == 1 else f"expected {_type_name(hint)}, got {value!r}"
+
+
+def _coerce_list(value, hint, rule: Rule | None) -> tuple[Any, str | None]:
+    """``list[X]``: every item converted to X (the rule applies to each item)."""
+    args = typing.get_args(hint)
+    if not isinstance(value, (list, tuple)):
+        return value, f"expected a list, got {type(value).__name__} {value!r}"
+    items = []
+    for i, item in enumerate(value):
+        out, why = _coerce(item, args[0] if args else Any, rule)
+        if why is not None:
+            return value, f"item {i}: {why}"
+        items.append(out)
+    return items, None
 
 
 def check_fields(obj, section: str) -> dict[str, Any]:

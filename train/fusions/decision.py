@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from train.fusions.base import Fusion
+from train.fusions.sum import SumFusion
 
 
-class DecisionFusion(Fusion):
-    """Late fusion: mean of per-modality Linear(D, C) logits (own linears, not the unimodal heads)."""
+class DecisionFusion(SumFusion):
+    """Late fusion: mean of per-modality Linear(D, C) logits (own linears, not the unimodal heads); the layers
+    are sum's, the mean replaces the sum."""
 
     name = "decision"
-
-    def __init__(self, modalities, feature_dim, num_classes):
-        super().__init__(modalities, feature_dim, num_classes)
-        self.fc = nn.ModuleDict({m: nn.Linear(feature_dim, num_classes) for m in self.modalities})
 
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         self._gather(feats)
@@ -24,5 +20,4 @@ class DecisionFusion(Fusion):
     def modality_shares(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """The modality's own Linear / K (float32); the shares add up to the fused logits."""
         k = len(self.modalities)
-        return {m: F.linear(features[m].float(), self.fc[m].weight.float(), self.fc[m].bias.float()) / k
-                for m in self.modalities}
+        return {m: share / k for m, share in super().modality_shares(features).items()}
