@@ -91,7 +91,7 @@ def main() -> None:
                 cfg = dataclasses.replace(config, **overrides)
                 summary = train(index_path=index, out_dir=tmp / f"run-{r}-{j}", method=method, config=cfg, seed=r)
                 timed = [h for h in summary["history"] if method == "baseline" or h["phase"] == "remix"]
-                times[name]["score"] += [h["score_s"] for h in timed]
+                times[name]["score"] += [h.get("score_s", 0.0) for h in timed]  # methods that never score log none
                 times[name]["train"] += [h["train_s"] for h in timed]
     base = statistics.median(times["baseline"]["train"])
     lines = [f"{config.epochs} epochs ({config.warmup_epochs} warm-up) x {repeats} repetitions, width {config.width}, "

@@ -32,10 +32,19 @@ in the repository as a DVC experiment (``dvc exp show``), which :mod:`experiment
 
 Names must be unique per commit: a name that exists for HEAD fails before anything is queued, unless
 ``--force`` (rerun and overwrite) or ``--skip-existing`` (keep it, queue the others).
+
+Nothing is queued before every experiment's params are checked (:func:`check_params`): ``params.yaml`` with
+the grid's ``-S`` values applied, each section through its config class, so a misspelt method, fusion or
+``--set`` key, a value out of range or a bad ``--jobs`` fails at once, naming the key, instead of failing
+in the queue. A runner killed part-way leaves its experiments queued or running in DVC's queue (its worker
+is DVC's own daemon, stopped by ``dvc queue stop``): run the same command again with ``--skip-existing``
+and it keeps the finished ones and waits for the queued or running ones instead of queueing them twice;
+without it the runner refuses, naming them.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import os
@@ -47,6 +56,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+import yaml
 
 GRID_KEYS = ("train.methods", "train.fusion", "train.seed")  # set by the grid itself, not by --set
 
@@ -87,12 +98,15 @@ class Spec:
     seed: int  # train.seed
     sets: tuple[str, ...] = ()  # extra `-S key=value` overrides, in order
 
+    def assignments(self) -> list[str]:
+        """The ``-S`` values of this experiment, in order."""
+        return [f"train.methods=[{self.method}]", f"train.fusion={self.fusion}", f"train.seed={self.seed}",
+                *self.sets]
+
     def queue_args(self, force: bool = False) -> list[str]:
         """The arguments of ``dvc`` that queue this experiment."""
-        args = ["exp", "run", "--queue", *(["-f"] if force else []), "-n", self.name,
-                "-S", f"train.methods=[{self.method}]", "-S", f"train.fusion={self.fusion}",
-                "-S", f"train.seed={self.seed}"]
-        for s in self.sets:
+        args = ["exp", "run", "--queue", *(["-f"] if force else []), "-n", self.name]
+        for s in self.assignments():
             args += ["-S", s]
         return args
 
@@ -133,6 +147,53 @@ def build_specs(methods: Sequence[str], fusions: Sequence[str], seeds: Sequence[
     if len(set(names)) != len(names):
         raise ValueError(f"the grid repeats experiment names: {sorted({n for n in names if names.count(n) > 1})}")
     return specs
+
+
+def apply_set(params: dict, assignment: str) -> None:
+    """Apply one ``-S [file:]key=value`` to ``params`` (a parsed params.yaml) as DVC does: the value is YAML,
+    ``key`` dotted, ``+key`` adds, ``~key`` removes. A file other than params.yaml is left to DVC."""
+    target, eq, raw = assignment.partition("=")
+    file, _, key = target.rpartition(":")
+    if file and file != "params.yaml":
+        return
+    key = key.strip()
+    remove = key.startswith("~")
+    parts = key.lstrip("+~").split(".")
+    node = params
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {assignment!r}: {part} is not a section of params.yaml")
+    if remove:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def check_params(specs: Sequence[Spec], params_path: str | Path = "params.yaml") -> None:
+    """Check every experiment's params (``params_path`` with its ``-S`` values applied) by the config classes of
+    the stages; raise ValueError naming the experiment and the key (``train.methods: 'nosuch' is not one of ...``)."""
+    from pipeline.datasets import PrepareConfig
+    from pipeline.features import ExtractConfig
+    from pipeline.params import BaseConfig, load_params, read_section
+    from pipeline.synth import SynthConfig
+    from train.config import TrainConfig
+
+    base = load_params(params_path)
+    checked: set[tuple] = set()
+    for spec in specs:
+        params = copy.deepcopy(base)
+        for assignment in spec.assignments():
+            apply_set(params, assignment)
+        key = (spec.method, spec.fusion, spec.seed, spec.sets)
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            for cls in (BaseConfig, SynthConfig, PrepareConfig, ExtractConfig, TrainConfig):
+                read_section(params, cls)
+        except ValueError as err:
+            raise ValueError(f"experiment {spec.name}: {err}") from None
 
 
 def paper_specs(seeds: Sequence[int], sets: Sequence[str] = ()) -> list[Spec]:
@@ -221,6 +282,11 @@ def run_grid(specs: list[Spec], *, cwd: str | Path = ".", jobs: int = 1, interva
              dry_run: bool = False) -> list[str]:
     """Queue ``specs``, start ``jobs`` workers, wait for all; return the names run. See the module docstring."""
     cwd = Path(cwd)
+    if jobs < 1:
+        raise ValueError(f"--jobs: must be >= 1, got {jobs}")
+    if interval <= 0 or (timeout is not None and timeout <= 0):
+        raise ValueError(f"--poll and --timeout: must be > 0 seconds, got {interval} and {timeout}")
+    check_params(specs, cwd / "params.yaml")  # before anything is queued
     if dry_run:
         for s in specs:
             print(shlex.join(["dvc", *s.queue_args(force)]))
@@ -238,8 +304,16 @@ def run_grid(specs: list[Spec], *, cwd: str | Path = ".", jobs: int = 1, interva
     if not specs:
         return []
     names = [s.name for s in specs]
-    before = {task for task, _, _ in parse_queue_status(dvc(["queue", "status"], cwd).stdout)}
-    for i, s in enumerate(specs):
+    rows = parse_queue_status(dvc(["queue", "status"], cwd).stdout, names)
+    pending = {name: task for task, name, state in rows if name in names and state in ("Queued", "Running")}
+    if pending and not skip_existing:
+        raise GridError(f"experiment(s) {sorted(pending)} are already queued or running (an earlier runner "
+                        "stopped before they finished?): --skip-existing waits for them instead of queueing them "
+                        "again; `dvc queue kill` / `dvc queue remove` drops them")
+    if pending:
+        print(f"waiting for {len(pending)} experiment(s) already queued or running: {', '.join(sorted(pending))}")
+    before = {task for task, _, _ in rows} - set(pending.values())
+    for i, s in enumerate(x for x in specs if x.name not in pending):
         try:
             dvc(s.queue_args(force), cwd)
         except GridError as e:
@@ -291,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                  else build_specs(args.methods, args.fusions, args.seeds, args.sets, args.name))
         names = run_grid(specs, jobs=args.jobs, interval=args.poll, timeout=args.timeout, force=args.force,
                          skip_existing=args.skip_existing, dry_run=args.dry_run)
-    except (GridError, ValueError) as e:
+    except (GridError, ValueError, OSError) as e:  # OSError: no params.yaml here
         sys.exit(f"experiments.grid: {e}")
     if not args.dry_run:
         print(f"{len(names)} experiment(s) done; tables: python -m experiments.tables")

@@ -2,10 +2,15 @@
 
 Usage (in the repository root)::
 
-    python -m experiments.tables [--out results/paper_tables] [--all-commits]
+    python -m experiments.tables [--out results/paper_tables] [--all-commits] [--records FILE] [--from-records]
+    python -m experiments.tables --paper-only --out experiments/results   # the paper's numbers alone
 
 prints every table as Markdown and writes ``<out>/tables.md`` and one ``<out>/tableN.png`` per table: its
-numbers as grouped bars (mean, sample-std error bar, one dot per seed), rows along x, columns as bars.
+numbers as grouped bars (mean, sample-std error bar, one dot per seed), rows along x, columns as bars, the
+paper's values as one marker per dataset. The collected runs are saved to ``--records`` (default
+``<out>/records.json``); ``--from-records`` renders from that file instead of ``dvc exp show`` (a checkout
+without the experiments' refs). ``--paper-only`` writes ``<out>/paper_tables.md``: the paper's numbers in
+our tables' layout, no runs read.
 
 Collecting (why this way): one ``dvc exp show --json`` call gives every experiment of HEAD (of every
 commit with ``--all-commits``) with its full params and its metrics: ``runs/<method>/metrics.json`` is
@@ -53,8 +58,13 @@ each shared run once: ``python -m experiments.grid --paper --seeds 0 1 2``:
 
 Tables 1-4 take runs with train.ablation=full and train.unimodal_pred=heads; no table takes the runs of
 :mod:`experiments.figure3` (``train.grad_angle`` set: the same training, slower by a backward per step); a
-table with no run prints "no runs yet" and the grid that fills it. Beside each table: the paper's numbers, labelled "paper
-(reported)", from :mod:`experiments.reference`.
+table with no run prints "no runs yet" and the grid that fills it.
+
+The paper's numbers (:mod:`experiments.reference`, read from the paper's tables.csv): each of our columns is followed
+by ``paper <column> (CREMA-D / KS)`` where the paper has that column; each gain column (ours: over our baseline of
+the same fusion and overrides) by the paper's gain over its baseline; Table 3's ratio by the paper's time ratio.
+The paper's rows attach to our rows without overrides (Tables 2 and 3: on concat, Greedy on mmtm); a paper row
+with no run of ours is appended with our cells blank.
 """
 from __future__ import annotations
 
@@ -277,6 +287,34 @@ def _default_setting(r: Record) -> bool:
 
 
 # -- tables ----------------------------------------------------------------------------------------
+GAIN = "gain (points)"  # our gain over our baseline (Tables 1, 2, 4); the paper's over its baseline beside it
+RATIO = "x baseline"  # Table 3: total time over the baseline's
+PAPER_ROW_FUSION = {"greedy": "mmtm"}  # the paper's Table 2/3 rows are all on concat; Greedy needs MMTM here
+# derived paper columns: table -> (column, of column, over (("col", c): column c of the same row | ("row", r): the
+# same column of row r), operator); computed from the CSV's numbers like ours from our runs
+PAPER_DERIVED = {"table1": (GAIN, "remix", ("col", "baseline"), "-"), "table4": (GAIN, "remix", ("col", "baseline"), "-"),
+                 "table2": (GAIN, "fused", ("row", "baseline"), "-"), "table3": (RATIO, "total s", ("row", "baseline"), "/")}
+PAPER_NOTES = {
+    "table2": "The paper runs every method on concatenation; its Greedy row sits beside ours on MMTM (Greedy needs "
+              "MMTM here). The paper's expansion factor is declared per method; ours is measured.",
+    "table3": "The paper: seconds to convergence on two RTX 3090 GPUs; ours: the summed epoch times of a fixed number "
+              "of epochs on 2 CPU cores. Compare the ratios, not the seconds.",
+    "table5": "The paper's rows (Decouple x Reassemble: neither, decouple only, reassemble only, both) are on concatenation.",
+    "table6": "paper baseline dropout: the paper's fusion without Remix, unimodal predictions by dropout; ours has no "
+              "such run (train.unimodal_pred changes only Remix's scoring).",
+}
+
+
+@dataclasses.dataclass
+class Panel:
+    """One plot of a table's PNG: per row, its label and {series: the per-seed values}; paper markers where a
+    series is a column of the paper's numbers."""
+
+    bars: list[tuple[str, dict[str, list[float]]]]
+    unit: str
+    title: str = ""
+
+
 @dataclasses.dataclass
 class Table:
     key: str  # "table1" ..
@@ -286,6 +324,59 @@ class Table:
     bars: list[tuple[str, dict[str, list[float]]]] = dataclasses.field(default_factory=list)  # plotted:
     # per row, its label and {series (a column): the per-seed values}
     unit: str = "test accuracy (%)"  # the plot's y axis
+    row_keys: list[str | None] = dataclasses.field(default_factory=list)  # per row: its row label in the paper's
+    # numbers (reference.reported), None: no paper row
+    extra: list[Panel] = dataclasses.field(default_factory=list)  # more plots, one bar group per row
+    paper: list[dict[str, dict[str, float]]] = dataclasses.field(default_factory=list)  # per row: column ->
+    # dataset -> the paper's value (set by with_paper)
+    n_ours: int = 0  # the first n_ours rows are ours; the rest are paper rows none of ours matches
+    filled: bool = True  # the table's own runs exist (False: "no runs yet" and the grids that fill it)
+
+    def panels(self) -> list[Panel]:
+        return [Panel(self.bars, self.unit), *self.extra]
+
+
+def derive(key: str, rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The paper's numbers of one dataset with the derived column of :data:`PAPER_DERIVED` (gain, ratio) added."""
+    out = {r: dict(c) for r, c in rows.items()}
+    if key not in PAPER_DERIVED:
+        return out
+    name, col, (kind, ref), op = PAPER_DERIVED[key]
+    for cols in out.values():
+        base = cols.get(ref) if kind == "col" else rows.get(ref, {}).get(col)
+        if col in cols and base is not None and (op == "-" or base):
+            cols[name] = cols[col] - base if op == "-" else cols[col] / base
+    return out
+
+
+def paper_cells(key: str) -> dict[str, dict[str, dict[str, float]]]:
+    """Our row label -> column -> dataset -> the paper's value (derived columns included) of table ``key``."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for dataset, rows in reference.reported(key).items():
+        for row, cols in derive(key, rows).items():
+            for col, value in cols.items():
+                out.setdefault(row, {}).setdefault(col, {})[dataset] = value
+    return out
+
+
+def with_paper(table: Table) -> Table:
+    """``table`` with the paper's numbers of each row (by ``row_keys``); the paper's rows that none of ours
+    matches are appended with our cells blank."""
+    ref = paper_cells(table.key)
+    table.n_ours = len(table.rows)
+    table.filled = table.filled and table.n_ours > 0
+    keys = table.row_keys or [None] * table.n_ours
+    table.row_keys = list(keys)
+    table.paper = [ref.get(k, {}) if k is not None else {} for k in keys]
+    for k, cols in ref.items():
+        if k in keys:
+            continue
+        table.rows.append([k, *[DASH] * (len(table.header) - 1)])
+        table.row_keys.append(k)
+        table.paper.append(cols)
+        for panel in table.panels():
+            panel.bars.append((k, {}))
+    return table
 
 
 def pct(records: Iterable[Record], key: str) -> list[float]:
@@ -293,18 +384,23 @@ def pct(records: Iterable[Record], key: str) -> list[float]:
     return [100 * v for v in seed_values(records, acc(key))]
 
 
+def _gain(mine: Stat | None, base: Stat | None) -> str:
+    return f"{(mine.mean - base.mean) * 100:+.2f}" if mine and base else DASH
+
+
 def _fusion_table(key: str, title: str, records: list[Record], intermediate: bool) -> Table:
+    paper_rows = set(paper_cells(key))  # the paper's Table 4 has concatenation too, for reference
     sel = [r for r in records if r.method in ("baseline", "remix") and _default_setting(r)
-           and (r.fusion in INTERMEDIATE) == intermediate]
-    rows, bars = [], []
+           and ((r.fusion in INTERMEDIATE) == intermediate or (r.fusion in paper_rows and not variant(r)))]
+    rows, bars, keys = [], [], []
     for (fusion, var), rs in sorted(_groups(sel, lambda r: (r.fusion, variant(r))).items(),
                                     key=lambda kv: (_fusion_key(kv[0][0]), kv[0][1])):
         by = {m: [r for r in rs if r.method == m] for m in ("baseline", "remix")}
         b, m = (stat(by[k], acc("acc_fused")) for k in ("baseline", "remix"))
-        gain = f"{(m.mean - b.mean) * 100:+.2f}" if b and m else DASH
-        rows.append([_label(fusion, var), fmt(b, 100), fmt(m, 100), gain])
+        rows.append([_label(fusion, var), fmt(b, 100), fmt(m, 100), _gain(m, b)])
         bars.append((_label(fusion, var), {k: pct(v, "acc_fused") for k, v in by.items()}))
-    return Table(key, title, ["fusion", "baseline", "remix", "gain (points)"], rows, bars)
+        keys.append(None if var else fusion)
+    return with_paper(Table(key, title, ["fusion", "baseline", "remix", GAIN], rows, bars, row_keys=keys))
 
 
 def table1(records: list[Record]) -> Table:
@@ -322,56 +418,73 @@ def _method_rows(records: list[Record]) -> list[tuple[tuple, list[Record]]]:
                   key=lambda kv: (_fusion_key(kv[0][1]), kv[0][2], _method_key(kv[0][0])))
 
 
+def _paper_method_key(method: str, fusion: str, var: str) -> str | None:
+    """The paper's Table 2/3 row beside our (method, fusion, variant) row, if any."""
+    return method if not var and fusion == PAPER_ROW_FUSION.get(method, "concat") else None
+
+
 def table2(records: list[Record]) -> Table:
     groups = _method_rows(records)
     mods: list[str] = []
     for _, rs in groups:
         for r in rs:
             mods += [m for m in r.param("train.modalities", []) if m not in mods]
-    rows = [[_label(method, var), fusion, fmt(stat(rs, acc("acc_fused")), 100),
-             *[fmt(stat(rs, acc(f"acc_{m}")), 100) for m in mods], fmt(stat(rs, lambda r: r.expansion))]
+    fused = {k: stat(rs, acc("acc_fused")) for k, rs in groups}
+    rows = [[_label(method, var), fusion, fmt(fused[(method, fusion, var)], 100),
+             *[fmt(stat(rs, acc(f"acc_{m}")), 100) for m in mods], fmt(stat(rs, lambda r: r.expansion)),
+             _gain(fused[(method, fusion, var)], fused.get(("baseline", fusion, var)))]
             for (method, fusion, var), rs in groups]
     bars = [(f"{_label(method, var)}\n{fusion}", {"fused": pct(rs, "acc_fused"),
                                                   **{f"{m}-only": pct(rs, f"acc_{m}") for m in mods}})
             for (method, fusion, var), rs in groups]
-    return Table("table2", "Table 2: balancing methods (test accuracy %, expansion factor of the training set)",
-                 ["method", "fusion", "fused", *[f"{m}-only" for m in mods], "expansion"], rows, bars)
+    return with_paper(Table(
+        "table2", "Table 2: balancing methods (test accuracy %, expansion factor of the training set, gain over "
+        "the baseline of the same fusion)", ["method", "fusion", "fused", *[f"{m}-only" for m in mods], "expansion", GAIN],
+        rows, bars, row_keys=[_paper_method_key(*k) for k, _ in groups]))
 
 
 def table3(records: list[Record]) -> Table:
     groups = _method_rows(records)
     total = {k: stat(rs, lambda r: r.epoch_s) for k, rs in groups}
-    rows, bars = [], []
+    rows, bars, ratios = [], [], []
     for (method, fusion, var), rs in groups:
         base, mine = total.get(("baseline", fusion, var)), total[(method, fusion, var)]
-        ratio = f"{mine.mean / base.mean:.2f}" if base and mine and base.mean > 0 else DASH
+        ok = base and mine and base.mean > 0
         rows.append([_label(method, var), fusion, fmt(stat(rs, lambda r: r.train_s)),
-                     fmt(stat(rs, lambda r: r.score_s)), fmt(mine), ratio])
-        bars.append((f"{_label(method, var)}\n{fusion}", {"train steps": seed_values(rs, lambda r: r.train_s),
-                                                          "scoring": seed_values(rs, lambda r: r.score_s),
-                                                          "total": seed_values(rs, lambda r: r.epoch_s)}))
-    return Table("table3", "Table 3: training time per method (s, summed over epochs; ratio of total to baseline)",
-                 ["method", "fusion", "train steps s", "scoring s", "total s", "x baseline"], rows, bars,
-                 unit="time (s)")
+                     fmt(stat(rs, lambda r: r.score_s)), fmt(mine), f"{mine.mean / base.mean:.2f}" if ok else DASH])
+        label = f"{_label(method, var)}\n{fusion}"
+        bars.append((label, {"train steps": seed_values(rs, lambda r: r.train_s),
+                             "scoring": seed_values(rs, lambda r: r.score_s), "total": seed_values(rs, lambda r: r.epoch_s)}))
+        ratios.append((label, {RATIO: [v / base.mean for v in seed_values(rs, lambda r: r.epoch_s)] if ok else []}))
+    return with_paper(Table(
+        "table3", "Table 3: training time per method (s, summed over epochs; ratio of total to baseline)",
+        ["method", "fusion", "train steps s", "scoring s", "total s", RATIO], rows, bars, unit="time (s)",
+        row_keys=[_paper_method_key(*k) for k, _ in groups],
+        extra=[Panel(ratios, "total time / the baseline's (same fusion)", "time ratio to the baseline")]))
 
 
 def _setting_table(key: str, title: str, records: list[Record], param: str, default: str, order: Sequence[str],
                    other: str) -> Table:
     """Remix runs with ``param`` varied (the other setting at its default), beside baseline; rows with a
-    non-default value only."""
+    non-default value, or a row of the paper's table (at the defaults: the paper's row beside Table 1's runs)."""
     remix = [r for r in records if r.method == "remix" and r.param(other[0], other[1]) == other[1] and not _measured(r)]
     base = [r for r in records if r.method == "baseline" and _default_setting(r)]
     values = list(order) + sorted({r.param(param, default) for r in remix} - set(order))
     groups = _groups(remix, lambda r: (r.fusion, variant(r, [param])))
-    rows, bars = [], []
+    paper_rows = set(paper_cells(key))
+    rows, bars, keys, filled = [], [], [], False
     for (fusion, var), rs in sorted(groups.items(), key=lambda kv: (_fusion_key(kv[0][0]), kv[0][1])):
-        if all(r.param(param, default) == default for r in rs):
-            continue  # only the default setting: nothing of this table
+        varied = any(r.param(param, default) != default for r in rs)
+        filled = filled or varied
+        if not varied and (var or fusion not in paper_rows):
+            continue  # only the default setting and no paper row: nothing of this table
         cells = {"baseline": [r for r in base if r.fusion == fusion and variant(r, [param]) == var],
                  **{f"remix {v}": [r for r in rs if r.param(param, default) == v] for v in values}}
         rows.append([_label(fusion, var), *[fmt(stat(c, acc("acc_fused")), 100) for c in cells.values()]])
         bars.append((_label(fusion, var), {k: pct(c, "acc_fused") for k, c in cells.items()}))
-    return Table(key, title, ["fusion", "baseline", *[f"remix {v}" for v in values]], rows, bars)
+        keys.append(None if var else fusion)
+    return with_paper(Table(key, title, ["fusion", "baseline", *[f"remix {v}" for v in values]], rows, bars,
+                            row_keys=keys, filled=filled))
 
 
 def table5(records: list[Record]) -> Table:
@@ -400,90 +513,193 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _reference_md(key: str) -> str:
-    rep = reference.reported(key)
-    if not rep:
-        return reference.MISSING
-    parts = []
-    for dataset, rows in rep.items():
-        cols = list(dict.fromkeys(c for row in rows.values() for c in row))
-        body = [[row, *[f"{vals[c]:.2f}" if c in vals else DASH for c in cols]] for row, vals in rows.items()]
-        parts.append(f"paper (reported), {dataset}:\n\n" + markdown_table(["", *cols], body))
-    return "\n\n".join(parts)
+def paper_header(col: str) -> str:
+    return f"paper {col.removesuffix(' (points)')} ({' / '.join(reference.SHORT[d] for d in reference.DATASETS.values())})"
 
 
-def markdown(table: Table) -> str:
-    """The table's Markdown section: title, our table (or how to fill it), the paper's numbers."""
+def paper_cell(col: str, by_dataset: dict[str, float]) -> str:
+    """The paper's values of one cell, ``CREMA-D / Kinetics-Sounds``: gains signed, seconds whole."""
+    if not by_dataset:
+        return DASH
+    spec = "+.2f" if col == GAIN else ".0f" if col == "total s" else ".2f"
+    return " / ".join(format(by_dataset[d], spec) if d in by_dataset else DASH for d in reference.DATASETS.values())
+
+
+def columns(table: Table, ours: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Header and rows with the paper's columns: each right after our column of the same name (the paper's
+    columns we have none of at the end); ``ours=False``: the row label and the paper's columns only, the
+    rows with a paper number only."""
+    pcols = list(dict.fromkeys(c for p in table.paper for c in p))
+    spec: list[tuple[str, Callable[[int], str]]] = []
+    for j, h in enumerate(table.header):
+        if ours or j == 0:
+            spec.append((h, lambda i, j=j: table.rows[i][j]))
+        if h in pcols:
+            spec.append((paper_header(h), lambda i, h=h: paper_cell(h, table.paper[i].get(h, {}))))
+    spec += [(paper_header(h), lambda i, h=h: paper_cell(h, table.paper[i].get(h, {})))
+             for h in pcols if h not in table.header]
+    keep = [i for i in range(len(table.rows)) if ours or table.paper[i]]
+    return [h for h, _ in spec], [[get(i) for _, get in spec] for i in keep]
+
+
+def paper_names(table: Table) -> str:
+    """The paper's names of the row labels that carry a paper number."""
+    names = [f"{k} = {reference.PAPER_NAMES[k]}" for k, p in zip(table.row_keys, table.paper)
+             if p and k in reference.PAPER_NAMES]
+    return f"Paper's names: {'; '.join(names)}." if names else ""
+
+
+def markdown(table: Table, ours: bool = True) -> str:
+    """The table's Markdown section: title, our table beside the paper's numbers (or how to fill ours), notes."""
+    parts = [f"## {table.title}"]
+    if ours and not table.filled:
+        parts.append("no runs yet: " + "; ".join(f"`{c}`" for c in FILL[table.key]))
     if table.rows:
-        ours = markdown_table(table.header, table.rows)
+        parts.append(markdown_table(*columns(table, ours)))
+    parts += [t for t in (PAPER_NOTES.get(table.key, ""), paper_names(table)) if t]
+    return "\n\n".join(parts) + "\n"
+
+
+def document(tables: Sequence[Table], ours: bool = True) -> str:
+    datasets = " / ".join(f"{d}" for d in reference.DATASETS.values())
+    if ours:
+        head = ("# Paper tables: ours beside the paper's\n\nOurs: mean ± sample std over seeds (n = seeds) on the "
+                "embedded dataset; gains in points over our baseline of the same fusion. ")
     else:
-        ours = "no runs yet: " + "; ".join(f"`{c}`" for c in FILL[table.key])
-    return f"## {table.title}\n\n{ours}\n\n{_reference_md(table.key)}\n"
+        head = "# The paper's tables\n\nOurs left out (see tables.md). "
+    head += (f"Each `paper X ({' / '.join(reference.SHORT.values())})` column: the paper's value of column X on "
+             f"{datasets}, gains over the paper's baseline, from `{reference.CSV.name}` of the paper ({reference.SOURCE}). "
+             "Ours are on the embedded (synthetic) dataset: compare gains and orderings with the paper's, not levels.\n")
+    return "\n".join([head, *[markdown(t, ours) for t in tables]])
 
 
-def document(tables: Sequence[Table]) -> str:
-    head = ("# Paper tables (ours: mean ± sample std over seeds, n = seeds)\n\n" + reference.abstract_line() + "\n")
-    return "\n".join([head, *[markdown(t) for t in tables]])
+def _draw_panel(ax, panel: Panel, paper: Sequence[dict[str, dict[str, float]]]) -> None:
+    """Grouped bars (mean over seeds, sample-std error bar where n > 1, one dot per seed) and, where a series is
+    a column of the paper's numbers, one marker per paper value (CREMA-D, Kinetics-Sounds) at the bar's place."""
+    import numpy as np
+
+    series = list(dict.fromkeys(k for _, cells in panel.bars for k in cells))
+    width = 0.8 / max(1, len(series))
+    marks = dict(zip(reference.DATASETS.values(), (("D", "red"), ("^", "black"))))
+    seen: set[str] = set()
+    for j, name in enumerate(series):
+        for i, (_, cells) in enumerate(panel.bars):
+            x = i + (j - (len(series) - 1) / 2) * width
+            vals = cells.get(name, [])
+            if vals:
+                ax.bar(x, float(np.mean(vals)), width, color=f"C{j}", alpha=0.8, capsize=2,
+                       label=None if name in seen else SERIES_LABELS.get(name, name), yerr=float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+                ax.plot([x] * len(vals), vals, "k.", markersize=3)
+                seen.add(name)
+            for dataset, value in paper[i].get(name, {}).items():
+                marker, color = marks[dataset]
+                label = f"paper, {dataset}"
+                ax.plot(x, value, marker, color=color, markerfacecolor="none", markersize=6,
+                        label=None if label in seen else label)
+                seen.add(label)
+    labels = [label for label, _ in panel.bars]
+    tilt = len(labels) > 6 or max(len(x) for x in labels) > 14
+    ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_ylabel(panel.unit)
+    if seen:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
+    ax.grid(axis="y", alpha=0.3)
+    if panel.title:
+        ax.set_title(panel.title, fontsize=9)
+
+
+SERIES_LABELS = {RATIO: "ours: total / baseline"}  # a plotted series' name in the legend, where not its own
+CHUNK = 12  # row groups per plot: a longer table wraps onto more plots, stacked
 
 
 def render_png(table: Table, path: Path) -> None:
-    """The table as grouped bars (matplotlib, headless): per row, one bar per series at its mean over seeds,
-    a sample-std error bar where n > 1, and each seed's value as a dot."""
+    """The table as grouped bars (matplotlib, headless), one plot per panel (Table 3: seconds, then the ratio to the
+    baseline) and per :data:`CHUNK` rows, with the paper's values as markers (see :func:`_draw_panel`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    if table.bars:
-        series = list(dict.fromkeys(k for _, cells in table.bars for k in cells))
-        width = 0.8 / len(series)
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(series) * len(table.bars) + 1.5), 4.2))
-        for j, name in enumerate(series):
-            label = name  # in the legend once
-            for i, (_, cells) in enumerate(table.bars):
-                vals = cells.get(name, [])
-                if not vals:
-                    continue
-                x = i + (j - (len(series) - 1) / 2) * width
-                ax.bar(x, float(np.mean(vals)), width, color=f"C{j}", label=label, alpha=0.8, capsize=2,
-                       yerr=float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
-                ax.plot([x] * len(vals), vals, "k.", markersize=3)
-                label = None
-        labels = [label for label, _ in table.bars]
-        tilt = len(labels) > 6 or max(len(x) for x in labels) > 14
-        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30 if tilt else 0, ha="right" if tilt else "center")
-        ax.set_ylabel(table.unit)
-        ax.legend(fontsize=7)
-        ax.grid(axis="y", alpha=0.3)
+    if table.n_ours:
+        chunks = [(p, lo) for p in table.panels() for lo in range(0, len(p.bars), CHUNK)]
+        n_series = len({k for _, cells in table.bars for k in cells})
+        width = max(6.0, 0.45 * n_series * min(CHUNK, len(table.bars)) + 1.5)
+        fig, axes = plt.subplots(len(chunks), 1, figsize=(width, 4.2 * len(chunks)), squeeze=False)
+        for ax, (p, lo) in zip(axes[:, 0], chunks):
+            _draw_panel(ax, Panel(p.bars[lo:lo + CHUNK], p.unit, p.title), table.paper[lo:lo + CHUNK])
+        ax = axes[0, 0]
     else:
         fig, ax = plt.subplots(figsize=(9, 1.5))
         ax.axis("off")
         ax.text(0.5, 0.5, "no runs yet:\n" + "\n".join(FILL[table.key]), ha="center", va="center", fontsize=8,
                 wrap=True)
     ax.set_title(table.title, fontsize=10)
+    fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
-def cli_records(prog: str, all_commits: bool) -> list[Record]:
-    """:func:`collect` for a command line: exits with ``<prog>: <reason>`` when the experiments cannot be read."""
+# -- command line ----------------------------------------------------------------------------------
+def save_records(records: Sequence[Record], path: Path) -> None:
+    """``records`` as JSON (``{"records": [Record fields, ...]}``): what :func:`load_records` reads back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"records": [dataclasses.asdict(r) for r in records]}, indent=0, sort_keys=True) + "\n")
+
+
+def load_records(path: Path) -> list[Record]:
+    """The records :func:`save_records` wrote."""
+    data = json.loads(Path(path).read_text())
+    return [Record(**{**r, "history": tuple(r.get("history") or ())}) for r in data["records"]]
+
+
+def cli_records(prog: str, all_commits: bool, records: Path | None = None, read: bool = False) -> list[Record]:
+    """:func:`collect` for a command line (written to ``records`` when given), or, with ``read``, the records saved
+    in ``records``; exits with ``<prog>: <reason>`` when the experiments cannot be read."""
     from experiments.grid import GridError
 
+    if read:
+        if records is None or not Path(records).is_file():
+            sys.exit(f"{prog}: no saved records at {records} (write them with a run without --from-records)")
+        return load_records(Path(records))
     try:
-        return collect(".", all_commits)
+        out = collect(".", all_commits)
     except GridError as e:
         sys.exit(f"{prog}: {e}")
+    if records is not None:
+        save_records(out, Path(records))
+    return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m experiments.tables", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="results/paper_tables", help="folder for tables.md and tableN.png")
     ap.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
-    args = ap.parse_args(argv)
-    records = cli_records("experiments.tables", args.all_commits)
-    tables = build(records)
+    ap.add_argument("--records", type=Path, help="JSON file of the collected runs: written after reading the "
+                    "experiments, read with --from-records (default: <out>/records.json)")
+    ap.add_argument("--from-records", action="store_true", help="render from --records, not from `dvc exp show`")
+    ap.add_argument("--paper-csv", type=Path, default=reference.CSV, help="the paper's tables.csv")
+    ap.add_argument("--paper-only", action="store_true", help="write only <out>/paper_tables.md: the paper's numbers "
+                    "in our tables' layout, no runs read")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _args(argv)
+    prog = "experiments.tables"
+    reference.CSV = args.paper_csv
     out = Path(args.out)
+    try:
+        reference.reported("table1")
+    except (reference.ReferenceMissing, reference.PaperTableError) as e:
+        sys.exit(f"{prog}: {e}")
+    if args.paper_only:
+        out.mkdir(parents=True, exist_ok=True)
+        text = document(build([]), ours=False)
+        (out / "paper_tables.md").write_text(text)
+        print(text + f"\n(written to {out}/paper_tables.md)")
+        return
+    records = cli_records(prog, args.all_commits, args.records or out / "records.json", args.from_records)
+    tables = build(records)
     out.mkdir(parents=True, exist_ok=True)
     text = document(tables)
     (out / "tables.md").write_text(text)

@@ -10,7 +10,10 @@
   i mod n (in every split) and writes ``parts/index-i-of-n.h5`` (+ rejects, stats);
   :func:`merge_parts` then writes the same ``index.h5`` as a single run.
 - Nothing half-written: shards and index are written under ``.tmp-`` names and renamed
-  when complete; a single run renames its shards only once the reject check passed.
+  when complete; a single run renames its shards only once the reject check passed. An earlier
+  extraction in the folder stays whole and usable until then: its index and stats are removed only
+  just before the first shard is renamed (a failed run, too many rejects included, leaves it as it
+  was, but for ``rejects.csv``, which reports the failed run).
 """
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import features as F
-from pipeline.fileio import atomic_path
-from pipeline.manifest import SPLITS, ClipRecord, read_classes, read_manifest, shard_key
+from pipeline.fileio import atomic_path, write_json_strict
+from pipeline.manifest import SPLITS, ClipRecord, ManifestError, read_classes, read_manifest, shard_key
 from pipeline.media import MediaError, decode_audio, decode_frames
 from pipeline.shards import IndexReader, IndexRow, ShardEntry, ShardWriter, shard_name, write_index
 
@@ -97,8 +100,8 @@ def parse_part(spec: str | Sequence[int]) -> tuple[int, int]:
 
 def process_clip(rec: ClipRecord, cfg: F.FeatureConfig, num_classes: int) -> ClipFeatures | Reject:
     """Decode, check and encode one clip; a bad clip becomes a :class:`Reject`, never an exception."""
-    if rec.problem:
-        return Reject(rec.clip_id, rec.split, rec.video, rec.problem)
+    if rec.problem:  # found by prepare: the file it names
+        return Reject(rec.clip_id, rec.split, rec.audio if rec.problem.startswith("audio") else rec.video, rec.problem)
     if not 0 <= rec.label < num_classes:
         return Reject(rec.clip_id, rec.split, rec.video, f"unknown label '{rec.class_name}'")
     try:
@@ -148,22 +151,27 @@ def _map(fn, items: list, workers: int):
         yield from pool.imap(fn, items, chunksize=2)
 
 
-def _clean_stale(out_dir: Path, own: set[str], single: bool) -> None:
-    """Remove the ``.tmp-`` leftovers of a killed run of these shards (``own``).
+def _clean_temporary(out_dir: Path, own: set[str], single: bool) -> None:
+    """Remove the ``.tmp-`` leftovers of a killed run of these shards (``own``); a single run removes every
+    ``.tmp-`` file, a part leaves other parts' alone, since they may be writing into the same folder right now."""
+    for p in out_dir.iterdir():
+        tmp_of = p.name.removeprefix(".tmp-") if p.name.startswith(".tmp-") else None
+        if tmp_of is not None and (single or tmp_of in own):
+            p.unlink()
 
-    A single run also removes every other ``.tmp-`` file, shards not in its plan and the
-    ``parts/`` of an earlier partitioned run; a part leaves other parts' files alone, since
-    they may be writing into the same folder right now. Every run removes an earlier run's
-    ``index.h5`` and ``stats.json``: they describe shards this run is about to delete or replace,
-    so a run killed part-way must not leave them beside shards they do not describe.
-    """
+
+def _remove_previous(out_dir: Path, own: set[str], single: bool) -> None:
+    """Just before this run's shards are renamed into place: remove the earlier run's ``index.h5`` and
+    ``stats.json`` (they describe shards about to be replaced, so a run killed from here on must not leave them
+    beside shards they do not describe); a single run also removes shards not in its plan and the ``parts/`` of
+    an earlier partitioned run. Until then (params, inputs, every clip and the reject check) the earlier
+    extraction stays whole and usable."""
     for name in ("index.h5", "stats.json"):
         (out_dir / name).unlink(missing_ok=True)
     if single and (out_dir / "parts").is_dir():
         shutil.rmtree(out_dir / "parts")
     for p in out_dir.iterdir():
-        tmp_of = p.name.removeprefix(".tmp-") if p.name.startswith(".tmp-") else None
-        if (tmp_of is not None and (single or tmp_of in own)) or (single and SHARD_RE.match(p.name) and p.name not in own):
+        if single and SHARD_RE.match(p.name) and p.name not in own:
             p.unlink()
 
 
@@ -184,8 +192,7 @@ def _read_rejects(path: Path) -> list[Reject]:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json_strict(path, obj, indent=2, sort_keys=True)
 
 
 def _check_rejects(n_rejects: int, n_clips: int, max_fraction: float, rejects_path: Path) -> None:
@@ -195,6 +202,28 @@ def _check_rejects(n_rejects: int, n_clips: int, max_fraction: float, rejects_pa
             f"{n_rejects} of {n_clips} clips rejected ({frac:.1%}), above features.max_reject_fraction="
             f"{max_fraction}: see {rejects_path} for each file and reason"
         )
+
+
+def read_inputs(manifest: str | os.PathLike, classes: str | os.PathLike) -> tuple[list[ClipRecord], list[str]]:
+    """The manifest and class list, checked to be a pair written by one ``prepare`` run; else a ManifestError
+    (or FileNotFoundError) naming the file and saying to rerun prepare."""
+    for path in (manifest, classes):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} not found (in {Path.cwd()}): run `dvc repro prepare` first, or "
+                                    f"`dvc checkout prepare` to restore it")
+    records, class_names = read_manifest(manifest), read_classes(classes)
+    redo = "run `dvc repro prepare` again"
+    if not records:
+        raise ManifestError(f"{manifest}: no clips: {redo}")
+    if not class_names:
+        raise ManifestError(f"{classes}: no classes: {redo}")
+    for n, r in enumerate(records, start=2):
+        if r.split not in SPLITS:
+            raise ManifestError(f"{manifest}:{n}: split {r.split!r} is not one of {', '.join(SPLITS)}: {redo}")
+        if r.label >= len(class_names) or r.label < -1 or (r.label >= 0 and class_names[r.label] != r.class_name):
+            raise ManifestError(f"{manifest}:{n}: label {r.label} ({r.class_name!r}) does not match {classes} "
+                                f"({len(class_names)} classes): the two come from different prepare runs; {redo}")
+    return records, class_names
 
 
 def extract(
@@ -214,11 +243,12 @@ def extract(
     index, rejects and stats go to ``out_dir/parts/``; :func:`merge_parts` finishes.
     """
     i, n = parse_part(part)
-    records, class_names = read_manifest(manifest), read_classes(classes)
+    records, class_names = read_inputs(manifest, classes)  # every check before the first file is touched
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plans = [p for p in plan_shards(records, shard_size) if p.number % n == i]
-    _clean_stale(out_dir, {shard_name(p.split, p.number) for p in plans}, single=n == 1)
+    own = {shard_name(p.split, p.number) for p in plans}
+    _clean_temporary(out_dir, own, single=n == 1)
     items = [rec for p in plans for rec in p.records]
     fn = functools.partial(process_clip, cfg=config, num_classes=len(class_names))
     F.log_mel(np.zeros(config.num_samples, np.float32), config)  # import torch(audio) once, before forking
@@ -251,6 +281,7 @@ def extract(
         _write_rejects(rejects_path, rejects)
         if n == 1:
             _check_rejects(len(rejects), len(items), max_reject_fraction, rejects_path)
+        _remove_previous(out_dir, own, single=n == 1)
         for plan, writer in writers:
             shards.append(writer.commit(plan.split, plan.number))
         writers = []

@@ -68,7 +68,10 @@ def read_manifest(path: str | os.PathLike) -> list[ClipRecord]:
         if len(row) != len(FIELDS):
             raise ManifestError(f"{path}:{n}: expected {len(FIELDS)} fields, got {len(row)}")
         d = dict(zip(FIELDS, row))
-        d["label"] = int(d["label"])
+        try:
+            d["label"] = int(d["label"])
+        except ValueError:
+            raise ManifestError(f"{path}:{n}: label {d['label']!r} is not an integer") from None
         out.append(ClipRecord(**d))
     return out
 

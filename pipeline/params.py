@@ -22,6 +22,8 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, TypeVar
 import yaml
 
 __all__ = ["SECTIONS", "ConfigError", "Rule", "setting", "Config", "BaseConfig", "from_mapping",
-           "check_fields", "load_params", "read_section"]
+           "check_fields", "load_params", "run_stage", "read_section"]
 
 # The top-level sections of params.yaml, one per config class (its ``section``): base BaseConfig (here),
 # synth pipeline.synth.SynthConfig, prepare PrepareConfig (next to the dataset adapters), features
@@ -246,8 +248,17 @@ def from_mapping(cls: type[C], mapping: Mapping[str, Any], section: str) -> C:
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read params.yaml as a dict of sections (raw mappings); a section not in :data:`SECTIONS` fails."""
+    """Read params.yaml as a dict of sections (raw mappings); a section not in :data:`SECTIONS` fails.
+
+    A relative ``path`` is read from the working folder, as DVC does: a missing one fails naming that folder
+    and saying to run the stage from the project's folder (the one holding params.yaml and dvc.yaml)."""
     path = Path(path)
+    if not path.is_file():
+        here = Path(__file__).resolve().parents[1]
+        project = f" ({here})" if (here / "dvc.yaml").is_file() else ""
+        raise FileNotFoundError(f"{path} not found in {Path.cwd()}: run the stages from the project folder that "
+                                f"holds params.yaml and dvc.yaml{project}, e.g. `cd {here if project else '<project>'}"
+                                f" && dvc repro`")
     with open(path, encoding="utf-8") as f:
         params = yaml.safe_load(f) or {}
     if not isinstance(params, dict):
@@ -259,6 +270,19 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}"
                          + (f" (did you mean {', '.join(hints)})" if hints else ""))
     return params
+
+
+def run_stage(name: str, main: Callable[[], Any], errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Run a stage's ``main``; an error of the user's (bad params or inputs: a ValueError, such as
+    :class:`ConfigError`, an OSError such as a missing file, or one of ``errors``), whose message names the key
+    or the file, ends the process with exit status 1 and the line ``<name>: error: <message>`` on stderr
+    instead of a traceback (``AVREMIX_TRACEBACK=1`` keeps the traceback)."""
+    try:
+        main()
+    except (ValueError, OSError, *errors) as err:
+        if os.environ.get("AVREMIX_TRACEBACK"):
+            raise
+        sys.exit(f"{name}: error: {err}")
 
 
 def read_section(params: Mapping[str, Any], cls: type[C]) -> C:

@@ -196,7 +196,20 @@ class IndexReader:
 
         self.path = Path(path)
         self.shard_dir = Path(shard_dir) if shard_dir is not None else self.path.parent
-        with h5py.File(self.path, "r") as f:
+        where = "" if self.path.is_absolute() else f" (in {Path.cwd()})"
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}{where}: feature index not found: run `dvc repro extract` to "
+                                    f"extract the features, or `dvc checkout {self.path.parent.as_posix()}` to "
+                                    f"restore them from the DVC cache")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as err:
+            raise ValueError(f"{self.path}: not a readable feature index ({err}): run `dvc repro extract` again, "
+                             f"or `dvc checkout {self.path.parent.as_posix()}`") from None
+        with f:
+            if "format_version" not in f.attrs:
+                raise ValueError(f"{self.path}: an HDF5 file but no feature index (no format_version): "
+                                 f"run `dvc repro extract` again")
             self.format_version = int(f.attrs["format_version"])
             if self.format_version != FORMAT_VERSION:
                 raise ValueError(

@@ -83,7 +83,8 @@ Determinism
     the clip, pixel math is float64, and ffmpeg (the pinned imageio-ffmpeg build) runs
     single-threaded with bit-exact flags, so the same seed and config give byte-identical
     files whatever ``workers`` is, on any x86-64 machine with the same numpy and ffmpeg.
-    Each file is written as ``<name>.tmp`` and renamed when complete.
+    Each file is written as ``<name>.tmp`` and renamed when complete, the whole tree in a temporary folder
+    renamed when complete (:func:`generate`).
 """
 from __future__ import annotations
 
@@ -103,6 +104,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.fileio import staged_dir
 from pipeline.media import ffmpeg_exe
 from pipeline.params import Config, ConfigError, setting
 
@@ -440,6 +442,10 @@ def _render(job: tuple[_Clip, SynthConfig, int, str]) -> str:
 def generate(*, out_dir: str | os.PathLike, seed: int, config: SynthConfig) -> dict:
     """Write the dataset of ``config`` under ``out_dir`` (created; must be empty or absent).
 
+    The clips are written into ``.tmp-<name>`` beside ``out_dir``, which becomes ``out_dir`` only once every
+    file is complete (:func:`pipeline.fileio.staged_dir`): a run killed part-way leaves no ``out_dir`` that
+    looks complete, and the next run removes its leftovers.
+
     Returns a JSON-able summary: layout, classes, ``clips``, ``per_class``, ``per_kind``,
     ``per_split`` (kinetics_sounds), ``truth`` (path of synth_truth.csv) and ``seconds``
     (wall time, the only part that varies between identical runs).
@@ -449,9 +455,33 @@ def generate(*, out_dir: str | os.PathLike, seed: int, config: SynthConfig) -> d
         raise ValueError(f"seed: must be a non-negative int, got {seed!r}")
     seed = int(seed)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: not empty; remove it first (DVC removes stage outputs before running)")
     clips = _plan(seed, config)
+    with staged_dir(out) as tmp:
+        _render_all(clips, config, seed, tmp)
+        names = config.class_names()
+        with open(tmp / TRUTH_FILE, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(TRUTH_FIELDS)
+            for c in clips:
+                w.writerow([c.clip_id, names[c.label], c.kind, names[c.audio_label] if c.audio_label >= 0 else ""])
+    summary = {
+        "layout": config.layout,
+        "classes": names,
+        "clips": len(clips),
+        "per_class": dict(Counter(names[c.label] for c in clips)),
+        "per_kind": {k: sum(c.kind == k for c in clips) for k in AUDIO_KINDS},
+        "truth": str(out / TRUTH_FILE),
+    }
+    if config.layout == "kinetics_sounds":
+        summary["per_split"] = dict(sorted(Counter(c.video.split("/")[0] for c in clips).items()))
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def _render_all(clips: list[_Clip], config: SynthConfig, seed: int, out: Path) -> None:
+    """Every clip's files under ``out``, in ``config.workers`` processes, with a progress bar."""
     for d in sorted({str(Path(c.video).parent) for c in clips} | {str(Path(c.audio).parent) for c in clips if c.audio}):
         (out / d).mkdir(parents=True, exist_ok=True)
     jobs = [(c, config, seed, str(out)) for c in clips]
@@ -466,24 +496,3 @@ def generate(*, out_dir: str | os.PathLike, seed: int, config: SynthConfig) -> d
             with ProcessPoolExecutor(config.workers, mp_context=ctx) as ex:
                 for _ in ex.map(_render, jobs, chunksize=4):
                     bar.update()
-    names = config.class_names()
-    truth = out / TRUTH_FILE
-    tmp = truth.with_name(truth.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(TRUTH_FIELDS)
-        for c in clips:
-            w.writerow([c.clip_id, names[c.label], c.kind, names[c.audio_label] if c.audio_label >= 0 else ""])
-    os.replace(tmp, truth)
-    summary = {
-        "layout": config.layout,
-        "classes": names,
-        "clips": len(clips),
-        "per_class": dict(Counter(names[c.label] for c in clips)),
-        "per_kind": {k: sum(c.kind == k for c in clips) for k in AUDIO_KINDS},
-        "truth": str(truth),
-    }
-    if config.layout == "kinetics_sounds":
-        summary["per_split"] = dict(sorted(Counter(c.video.split("/")[0] for c in clips).items()))
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    return summary

@@ -1,6 +1,10 @@
 """DVC stage `evaluate@<method>`: runs/<method>/train/model.pt on test -> runs/<method>/metrics.json, runs/<method>/eval/."""
+import os.path, sys  # noqa: E401  `python stages/<name>.py` works from any folder: the repo root first on sys.path
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 
+from pipeline.params import run_stage
 from train.evaluate import evaluate
 
 
@@ -17,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("evaluate", main)

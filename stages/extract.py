@@ -4,12 +4,15 @@
     python -m stages.extract --part 3/8      # shards numbered 3 mod 8 only (one job of an array)
     python -m stages.extract --merge 8       # after all 8 parts: index.h5, stats.json, rejects.csv
 """
+import os.path, sys  # noqa: E401  `python stages/<name>.py` works from any folder: the repo root first on sys.path
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import logging
 
-from pipeline.extract import extract, merge_parts
+from pipeline.extract import ExtractionError, extract, merge_parts
 from pipeline.features import ExtractConfig
-from pipeline.params import load_params, read_section
+from pipeline.params import load_params, read_section, run_stage
 
 
 def main() -> None:
@@ -36,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("extract", main, (ExtractionError,))

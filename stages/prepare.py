@@ -1,4 +1,7 @@
 """DVC stage `prepare`: a dataset tree (or CSV) -> data/manifest.csv and data/classes.txt."""
+import os.path, sys  # noqa: E401  `python stages/<name>.py` works from any folder: the repo root first on sys.path
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import dataclasses
 import logging
@@ -6,7 +9,7 @@ from collections import Counter
 
 from pipeline.datasets import PrepareConfig, prepare_dataset
 from pipeline.manifest import write_classes, write_manifest
-from pipeline.params import BaseConfig, load_params, read_section
+from pipeline.params import BaseConfig, load_params, read_section, run_stage
 
 
 def main() -> None:
@@ -17,7 +20,9 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params()
     prep = read_section(params, PrepareConfig)
-    records, class_names = prepare_dataset(seed=read_section(params, BaseConfig).seed, **dataclasses.asdict(prep))
+    seed = read_section(params, BaseConfig).seed
+    # every check (params, dataset tree, split lists, missing files) is done before either output is written
+    records, class_names = prepare_dataset(seed=seed, **dataclasses.asdict(prep))
     write_manifest(args.manifest, records)
     write_classes(args.classes, class_names)
     counts = Counter(r.split for r in records)
@@ -27,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("prepare", main)

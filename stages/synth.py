@@ -1,8 +1,11 @@
 """DVC stage `synth`: write the embedded default dataset (real encoded clips) to data/raw."""
+import os.path, sys  # noqa: E401  `python stages/<name>.py` works from any folder: the repo root first on sys.path
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import logging
 
-from pipeline.params import BaseConfig, load_params, read_section
+from pipeline.params import BaseConfig, load_params, read_section, run_stage
 from pipeline.synth import SynthConfig, generate
 
 
@@ -19,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("synth", main)

@@ -1,15 +1,23 @@
 """DVC stage `train@<method>`: features/ -> runs/<method>/train/ (model.pt selected on val, scores.h5, log.json, live/)."""
+import os.path, sys  # noqa: E401  `python stages/<name>.py` works from any folder: the repo root first on sys.path
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import logging
 import os
 import sys
 
-from pipeline.params import BaseConfig, load_params, read_section
-from train.config import TrainConfig, training_seed
-from train.trainer import train
+from pipeline.params import BaseConfig, load_params, read_section, run_stage
+from train import distributed  # torch only: a rank binds its life to torchrun's before the slower imports below
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> None:
+    distributed.die_with_launcher()  # under torchrun (train.nproc > 1): this rank dies with it
+    from train.config import TrainConfig, training_seed
+    from train.trainer import train
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--method", required=True, help="one of train.methods")
@@ -18,11 +26,14 @@ def main() -> None:
     ap.add_argument("--runs", default="runs", help="runs folder: writes <runs>/<method>/train/")
     args = ap.parse_args()
     params = load_params()
-    config = read_section(params, TrainConfig)
+    config = read_section(params, TrainConfig)  # every key checked (types, ranges, batch_size >= nproc) first
     base = read_section(params, BaseConfig)
     if config.nproc > 1 and "LOCAL_RANK" not in os.environ:  # become torchrun, which starts nproc ranks of this stage
-        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  f"--nproc_per_node={config.nproc}", "-m", "stages.train", *sys.argv[1:]])
+        # exec keeps this PID: the ranks check that torchrun is their parent, and die with it (SIGKILL)
+        env = {**os.environ, distributed.LAUNCHER_PID: str(os.getpid()),  # and find stages.train from any folder
+               "PYTHONPATH": os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        os.execve(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   f"--nproc_per_node={config.nproc}", "-m", "stages.train", *sys.argv[1:]], env)
     summary = train(index_path=args.index, out_dir=f"{args.runs}/{args.method}/train", method=args.method,
                     config=config, seed=training_seed(config, base.seed))
     if os.environ.get("RANK", "0") == "0":
@@ -30,4 +41,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from train.checkpoint import StateError
+    # an error of the user's (params, inputs, the work folder's state, a lost rank) ends with one line naming it
+    run_stage("train", main, errors=(StateError, distributed.DistError))

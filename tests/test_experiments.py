@@ -2,6 +2,7 @@
 mean ± std, the Markdown tables): unit tests on hand-made records, and one real grid of DVC experiments."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -60,6 +61,9 @@ LOGS = {  # rev -> log.json history rows (times in s)
 }
 
 
+needs_paper = pytest.mark.skipif(not reference.CSV.is_file(), reason=f"the paper's tables.csv not found at {reference.CSV}")
+
+
 @pytest.fixture
 def records():
     calls = []
@@ -92,15 +96,18 @@ def test_mean_std_cells():
     assert tables.fmt(None) == "—"
 
 
+@needs_paper
 def test_table1_groups_seeds_and_variants(records):
-    md = tables.markdown(tables.table1(records))
-    assert md.startswith("## Table 1: fusion methods, baseline vs remix (fused test accuracy %)\n\n")
-    assert ("| fusion | baseline | remix | gain (points) |\n|---|---|---|---|\n"
-            "| concat | 75.00 ± 7.07 (n=2) | 88.00 ± 2.83 (n=2) | +13.00 |\n"  # remix seed 1: the newest run (0.86)
-            "| sum (epochs=4) | 60.00 (n=1) | — | — |\n") in md
-    assert "mmtm" not in md and reference.MISSING in md
+    t1 = tables.table1(records)
+    assert t1.header == ["fusion", "baseline", "remix", "gain (points)"] and t1.n_ours == 2
+    assert t1.rows[:2] == [["concat", "75.00 ± 7.07 (n=2)", "88.00 ± 2.83 (n=2)", "+13.00"],  # remix seed 1: the newest (0.86)
+                           ["sum (epochs=4)", "60.00 (n=1)", "—", "—"]]
+    assert [r[0] for r in t1.rows[2:]] == ["sum", "decision", "film", "gated"]  # the paper's rows we have no run of
+    assert tables.markdown(t1).startswith("## Table 1: fusion methods, baseline vs remix (fused test accuracy %)\n\n")
+    assert "mmtm" not in tables.markdown(t1)
 
 
+@needs_paper
 def test_plotted_bars_are_the_tables_seed_values(records, tmp_path):
     t1, t5 = tables.table1(records), tables.table5(records)
     assert t1.bars[0] == ("concat", {"baseline": pytest.approx([80.0, 70.0]), "remix": pytest.approx([90.0, 86.0])})
@@ -114,26 +121,123 @@ def test_plotted_bars_are_the_tables_seed_values(records, tmp_path):
         assert (tmp_path / f"{t.key}.png").stat().st_size > 0
 
 
+@needs_paper
 def test_tables_2_to_6(records):
     t2 = tables.table2(records)
-    assert t2.header == ["method", "fusion", "fused", "audio-only", "video-only", "expansion"]
-    assert t2.rows == [
-        ["baseline", "concat", "75.00 ± 7.07 (n=2)", "55.00 ± 7.07 (n=2)", "40.00 ± 0.00 (n=2)", "1.00 ± 0.00 (n=2)"],
-        ["remix", "concat", "88.00 ± 2.83 (n=2)", "50.00 ± 7.07 (n=2)", "65.00 ± 7.07 (n=2)", "1.38 ± 0.18 (n=2)"],
-        ["baseline (epochs=4)", "sum", "60.00 (n=1)", "30.00 (n=1)", "30.00 (n=1)", "—"],
-        ["remix", "mmtm", "70.00 (n=1)", "50.00 (n=1)", "50.00 (n=1)", "—"],
+    assert t2.header == ["method", "fusion", "fused", "audio-only", "video-only", "expansion", "gain (points)"]
+    assert t2.rows[:t2.n_ours] == [
+        ["baseline", "concat", "75.00 ± 7.07 (n=2)", "55.00 ± 7.07 (n=2)", "40.00 ± 0.00 (n=2)", "1.00 ± 0.00 (n=2)", "+0.00"],
+        ["remix", "concat", "88.00 ± 2.83 (n=2)", "50.00 ± 7.07 (n=2)", "65.00 ± 7.07 (n=2)", "1.38 ± 0.18 (n=2)", "+13.00"],
+        ["baseline (epochs=4)", "sum", "60.00 (n=1)", "30.00 (n=1)", "30.00 (n=1)", "—", "+0.00"],
+        ["remix", "mmtm", "70.00 (n=1)", "50.00 (n=1)", "50.00 (n=1)", "—", "—"],  # no baseline on mmtm: no gain
     ]  # remix expansion: (1.25 + 1.5) / 2, std of {1.25, 1.5}
     t3 = tables.table3(records)
     assert t3.rows[:2] == [["baseline", "concat", "4.50 ± 0.71 (n=2)", "0.00 ± 0.00 (n=2)", "6.00 ± 1.41 (n=2)", "1.00"],
                            ["remix", "concat", "6.00 ± 0.00 (n=2)", "1.50 ± 0.00 (n=2)", "9.00 ± 0.00 (n=2)", "1.50"]]
     assert t3.rows[2][-1] == "—"  # no log: no time, no ratio
-    assert tables.table4(records).rows == [["mmtm", "—", "70.00 (n=1)", "—"]]
+    assert t3.extra[0].bars[1] == ("remix\nconcat", {"x baseline": pytest.approx([9.0 / 6.0, 9.0 / 6.0])})
+    t4 = tables.table4(records)  # concatenation too, as in the paper's Table 4
+    assert t4.rows[:t4.n_ours] == [["concat", "75.00 ± 7.07 (n=2)", "88.00 ± 2.83 (n=2)", "+13.00"],
+                                   ["mmtm", "—", "70.00 (n=1)", "—"]]
     t5 = tables.table5(records)
     assert t5.header == ["fusion", "baseline", "remix decouple", "remix reassemble", "remix full"]
     assert t5.rows == [["concat", "75.00 ± 7.07 (n=2)", "80.00 ± 2.83 (n=2)", "—", "88.00 ± 2.83 (n=2)"]]
-    md6 = tables.markdown(tables.table6(records))
+    t6 = tables.table6(records)  # no dropout run: the concat row (a paper row) from the default runs, and the grid to run
+    assert t6.rows[0] == ["concat", "75.00 ± 7.07 (n=2)", "88.00 ± 2.83 (n=2)", "—"] and not t6.filled
+    md6 = tables.markdown(t6)
     assert ("no runs yet: `python -m experiments.grid --methods remix --fusions concat --seeds 0 1 2 "
             "--set train.unimodal_pred=dropout`") in md6
+
+
+def _csv() -> dict[tuple[str, str, str, str], float]:
+    """The paper's tables.csv read here, apart from experiments.reference: (table, row, dataset, column) -> value."""
+    with reference.CSV.open(newline="") as f:
+        return {(r["table"], r["row"], r["dataset"], r["column"]): float(r["value"]) for r in csv.DictReader(f)}
+
+
+def _pair(a: float, b: float, spec: str = ".2f") -> str:
+    return f"{format(a, spec)} / {format(b, spec)}"
+
+
+@needs_paper
+def test_paper_numbers_and_gains_beside_ours(records):
+    """Fake runs in, the paper's CREMA-D / Kinetics-Sounds values (from the CSV) and its gain over its baseline
+    beside our values and our gain over our baseline."""
+    p = _csv()
+    datasets = ("cremad", "kinetics_sounds")
+
+    def both(t, row, col, spec=".2f"):
+        return _pair(*(p[t, row, d, col] for d in datasets), spec)
+
+    def gain(t, row, base, col="acc"):
+        return _pair(*(p[t, row, d, col] - p[t, base, d, col] for d in datasets), "+.2f")
+
+    def ratio(m):
+        return _pair(*(p["3", m, d, "seconds"] / p["3", "baseline", d, "seconds"] for d in datasets))
+
+    md1 = tables.markdown(tables.table1(records))
+    assert ("| fusion | baseline | paper baseline (CREMA-D / KS) | remix | paper remix (CREMA-D / KS) | gain (points) "
+            "| paper gain (CREMA-D / KS) |") in md1
+    assert (f"| concat | 75.00 ± 7.07 (n=2) | {both('1', 'concat', 'acc')} | 88.00 ± 2.83 (n=2) | "
+            f"{both('1', 'concat+remix', 'acc')} | +13.00 | {gain('1', 'concat+remix', 'concat')} |") in md1
+    assert f"| film | — | {both('1', 'film', 'acc')} | — | — | — | — |" in md1  # the paper's row, no run of ours
+    md2 = tables.markdown(tables.table2(records))
+    assert (f"| remix | concat | 88.00 ± 2.83 (n=2) | {both('2', 'remix', 'acc')} | 50.00 ± 7.07 (n=2) | "
+            f"65.00 ± 7.07 (n=2) | 1.38 ± 0.18 (n=2) | {both('2', 'remix', 'factor')} | +13.00 | "
+            f"{gain('2', 'remix', 'baseline')} |") in md2
+    assert f"| mla | — | — | {both('2', 'mla', 'acc')} |" in md2
+    md3 = tables.markdown(tables.table3(records))
+    assert f"| 9.00 ± 0.00 (n=2) | {both('3', 'remix', 'seconds', '.0f')} | 1.50 | {ratio('remix')} |" in md3
+    assert [ratio(m).split(" / ")[0] for m in ("remix", "resample", "mla")] == ["1.65", "2.95", "3.99"]  # the paper's text
+    assert f"| {ratio('mla')} |" in md3
+    md5 = tables.markdown(tables.table5(records))
+    assert f"| concat | 75.00 ± 7.07 (n=2) | {both('5', 'neither', 'acc')} | 80.00 ± 2.83 (n=2) | " in md5
+    md6 = tables.markdown(tables.table6(records))
+    assert f"| {both('6', 'concat+remix', 'dropout')} | {both('6', 'concat', 'dropout')} |" in md6
+    assert "Paper's names: concat = Concatenation; sum = Summation" in md6
+
+
+@needs_paper
+def test_png_marks_each_paper_value(records, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t1 = tables.table1(records)
+    fig, ax = plt.subplots()
+    tables._draw_panel(ax, t1.panels()[0], t1.paper)
+    marks = [line for line in ax.lines if line.get_marker() in ("D", "^")]
+    # one marker per paper value of a plotted column: 5 baselines + 3 remix rows, 2 datasets
+    assert sorted(float(m.get_ydata()[0]) for m in marks) == sorted(
+        v for (t, row, d, c), v in _csv().items() if t == "1")
+    plt.close(fig)
+    t3 = tables.table3(records)
+    tables.render_png(t3, tmp_path / "t3.png")  # seconds, then the ratio with the paper's ratios
+    assert (tmp_path / "t3.png").stat().st_size > 0
+
+
+@needs_paper
+def test_records_file_round_trip_and_paper_only(records, tmp_path, capsys):
+    path = tmp_path / "r" / "records.json"
+    tables.save_records(records, path)
+    assert tables.load_records(path) == records
+    tables.main(["--from-records", "--records", str(path), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "tables.md").read_text() == tables.document(tables.build(records))
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"table{i}.png" for i in range(1, 7)]
+    with pytest.raises(SystemExit, match="no saved records"):
+        tables.main(["--from-records", "--records", str(tmp_path / "none.json"), "--out", str(tmp_path / "o2")])
+    tables.main(["--paper-only", "--out", str(tmp_path / "paper")])
+    md = (tmp_path / "paper" / "paper_tables.md").read_text()
+    assert "(n=" not in md and "| fusion | paper baseline (CREMA-D / KS) | paper remix (CREMA-D / KS) |" in md  # ours left out
+    for (t, row, d, c), v in _csv().items():  # every number of the paper, in its table's section
+        section = md.split(f"## Table {t}:")[1].split("## Table")[0]
+        assert (f"{v:.0f}" if c == "seconds" else f"{v:.2f}") in section, (t, row, d, c)
+
+
+def test_missing_paper_csv_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=f"experiments.tables: the paper's numbers are read from {tmp_path}/no.csv"):
+        tables.main(["--paper-csv", str(tmp_path / "no.csv"), "--paper-only", "--out", str(tmp_path)])
 
 
 def test_grid_commands_and_checks(capsys):
@@ -243,12 +347,17 @@ def test_grid_then_tables_end_to_end(project):
             ref = next(r for r in refs if r.endswith(f"/e2e-{method}-concat-s{seed}"))
             metrics = json.loads(_run(project, "git", "show", f"{ref}:runs/{method}/metrics.json").stdout)
             acc[method, seed] = metrics["acc_fused"]
-    tab = _run(project, sys.executable, "-m", "experiments.tables", "--out", "out")
+    paper = project / "paper.csv"  # the tmp repository has no shared/ beside it
+    paper.write_text("table,row,dataset,column,value\n1,concat,cremad,acc,60\n1,concat+remix,cremad,acc,61.5\n")
+    tab = _run(project, sys.executable, "-m", "experiments.tables", "--out", "out", "--paper-csv", str(paper))
     assert tab.returncode == 0, tab.stdout + tab.stderr
     md = (project / "out" / "tables.md").read_text()
+    again = _run(project, sys.executable, "-m", "experiments.tables", "--out", "again", "--paper-csv", str(paper),
+                 "--from-records", "--records", "out/records.json")  # the saved runs render the same tables
+    assert again.returncode == 0 and (project / "again" / "tables.md").read_text() == md, again.stderr
     cells = [tables.fmt(tables.Stat.of([acc[m, 0], acc[m, 1]]), 100) for m in ("baseline", "remix")]
     gain = (acc["remix", 0] + acc["remix", 1] - acc["baseline", 0] - acc["baseline", 1]) / 2 * 100
-    assert f"| concat | {cells[0]} | {cells[1]} | {gain:+.2f} |" in md, md
+    assert f"| concat | {cells[0]} | 60.00 / — | {cells[1]} | 61.50 / — | {gain:+.2f} | +1.50 / — |" in md, md
     assert cells[0].endswith("(n=2)")
     t3 = md.split("## Table 3")[1].split("## Table 4")[0]
     row = next(line for line in t3.splitlines() if line.startswith("| baseline | concat |"))
@@ -258,9 +367,17 @@ def test_grid_then_tables_end_to_end(project):
     assert sorted(p.name for p in (project / "out").glob("*.png")) == [f"table{i}.png" for i in range(1, 7)]
 
     bad = _run(project, sys.executable, "-m", "experiments.grid", "--methods", "nosuch", "--seeds", "0", "--name", "bad",
-               "--poll", "3", "--timeout", "200")  # fails loudly, naming the experiment
-    assert bad.returncode != 0 and "experiment 'bad-nosuch-concat-s0'" in bad.stderr and "failed" in bad.stderr, \
+               "--poll", "3", "--timeout", "200")  # a bad method fails before anything is queued, naming the key
+    assert bad.returncode != 0 and "experiment bad-nosuch-concat-s0: train.methods: 'nosuch' is not one of" in bad.stderr, \
         bad.stdout + bad.stderr
+    assert "bad-nosuch" not in _run(project, sys.executable, "-m", "dvc", "queue", "status").stdout
+    import torch
+
+    if not torch.cuda.is_available():  # valid params, but the experiment fails when it runs: loudly, naming it
+        bad = _run(project, sys.executable, "-m", "experiments.grid", "--methods", "baseline", "--seeds", "0",
+                   "--name", "bad", "--set", "train.device=cuda", "--poll", "3", "--timeout", "200")
+        assert bad.returncode != 0 and "experiment 'bad-baseline-concat-s0'" in bad.stderr and "failed" in bad.stderr, \
+            bad.stdout + bad.stderr
 
 
 def _rec(name, method, seed, history, ts="2026-01-01", **overrides):

@@ -4,8 +4,13 @@
 - :mod:`train.fusions`   the fusions (late heads and intermediate models), one file each; ``build_model`` by name
 - :mod:`train.sampler`   :class:`RemixBatchSampler`: modality-pure, shard-local batches from metadata
 - :mod:`train.data`      :class:`ShardDataset`: seek-based reads from the shards, transforms, loaders
-- :mod:`train.remix`     KL-to-uniform scoring, weakest-modality assignment, the scores file
-- :mod:`train.trainer`   one training loop for every method (baseline, remix, only_<modality>)
+- :mod:`train.config`    :class:`TrainConfig`, the ``train`` params
+- :mod:`train.methods`   every method, one file each (``remix.py``: Data Remixing's scoring, assignment, scores file)
+- :mod:`train.losses`    the losses of joint training and of Data Remixing
+- :mod:`train.inference` device, autocast, whole-split prediction, accuracies, imbalance ratio
+- :mod:`train.checkpoint` resume state, RNG states, the work folder and its publishing
+- :mod:`train.diagnostics` the Fig. 3c gradient angle
+- :mod:`train.trainer`   one training loop for every method
 - :mod:`train.evaluate`  test metrics of a selected checkpoint
 - :mod:`train.report`    the comparison table ``make demo`` prints
 """

@@ -64,6 +64,8 @@ class TrainConfig(Config):
                 check_method_name(m, self.modalities)
             except ValueError as err:
                 raise ConfigError("methods", str(err).removeprefix("train.methods: ")) from None
+        if self.batch_size < self.nproc:
+            raise ConfigError("batch_size", batch_vs_world(self.batch_size, self.nproc, "train.nproc"))
         if self.warmup_epochs > self.epochs:
             raise ConfigError("warmup_epochs", f"must be <= epochs ({self.epochs}), got {self.warmup_epochs}")
         if self.grad_angle and self.grad_angle not in self.modalities:
@@ -78,6 +80,12 @@ class TrainConfig(Config):
             raise ConfigError("method_params", f"unknown method(s) {unknown}; known: {sorted(known)}")
         for name, values in self.method_params.items():  # each method's Params, even of methods not run
             from_mapping(known[name].Params, values, f"{self.section}.method_params.{name}")
+
+
+def batch_vs_world(batch_size: int, world_size: int, source: str) -> str:
+    """The reason of the cross-key rule global batch >= world size (each rank takes a slice of every batch)."""
+    return (f"the global batch ({batch_size}) must be >= the number of processes ({world_size}, {source}): each "
+            f"process takes a slice of every batch; raise train.batch_size or lower train.nproc")
 
 
 def training_seed(cfg: TrainConfig, base_seed: int) -> int:

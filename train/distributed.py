@@ -12,16 +12,42 @@ momentum, no weight decay), so a masked encoder is not moved by the step. DDP's
 ``find_unused_parameters`` machinery is not needed. BatchNorm running statistics are averaged
 over ranks at the end of every epoch (:func:`average_buffers`), so all ranks hold identical
 weights, and validation and scoring, each run over the whole split on every rank, agree.
+
+No rank outlives its launcher: :func:`die_with_launcher` makes each rank (which torchrun starts in a
+session of its own, out of reach of a kill of the launcher's process group) get SIGKILL when torchrun
+dies, and exit at once if it is already gone; the rendezvous and every collective time out after
+:func:`timeout_s` seconds with an error naming what timed out (:func:`setup`, :func:`watchdog`).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import datetime
+import logging
 import os
+import signal
+import sys
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from pipeline.params import ConfigError
+
+log = logging.getLogger(__name__)
+
+# set by stages/train.py before it becomes torchrun (exec keeps the PID): the parent each rank checks it still has
+LAUNCHER_PID = "AVREMIX_LAUNCHER_PID"
+TIMEOUT_ENV = "AVREMIX_DIST_TIMEOUT_S"  # overrides TIMEOUT_S (seconds)
+# the rendezvous, and any one collective: ranks wait for each other at every step, so a rank that waits longer has
+# lost a peer (dead or hung); generous for a skewed start (every rank verifies the shards' SHA-256 first)
+TIMEOUT_S = 300.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class DistError(RuntimeError):
+    """The ranks lost each other: a rendezvous or collective timed out, or a peer died (message names which)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,24 +65,95 @@ class Dist:
         return self.rank == 0
 
 
-def setup(backend: str = "auto", timeout_s: float = 600.0) -> Dist:
+def env_world_size() -> int:
+    """The number of processes of this run: torchrun's ``WORLD_SIZE``, 1 outside torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun); known before :func:`setup`."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def timeout_s() -> float:
+    """Seconds the rendezvous and any collective may wait: ``$AVREMIX_DIST_TIMEOUT_S``, else :data:`TIMEOUT_S`."""
+    value = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        return float(value) if value else TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"${TIMEOUT_ENV}: seconds expected, got {value!r}") from None
+
+
+def die_with_launcher() -> None:
+    """Under torchrun: this rank gets SIGKILL when its parent (torchrun) dies, and exits now if it already has.
+
+    torchrun starts every rank in a session of its own, so a SIGKILL of the launcher's process group (``kill -9``
+    of ``dvc repro``'s group, a CI timeout) kills torchrun but not the ranks, and torchrun killed cannot forward
+    the signal: the parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``) does. A parent that died before the
+    call is caught by checking, after it, that the parent is still torchrun, whose PID stages/train.py passes
+    down (``$AVREMIX_LAUNCHER_PID``; torchrun started by hand passes none: no such check, as PID 1 may be a
+    container's torchrun). A no-op outside torchrun (no ``LOCAL_RANK``).
+    """
+    if "LOCAL_RANK" not in os.environ:
+        return
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this rank may outlive torchrun", ctypes.get_errno())
+    launcher = int(os.environ.get(LAUNCHER_PID, "0") or 0)
+    if launcher and os.getppid() != launcher:  # reparented: torchrun died before the prctl
+        raise SystemExit(f"rank {os.environ.get('RANK', '?')}: its launcher (torchrun, PID {launcher}) is gone; "
+                         f"this rank stops")
+
+
+def setup(backend: str = "auto", timeout: float | None = None) -> Dist:
     """Join the process group when started by torchrun (``WORLD_SIZE`` > 1); a no-op otherwise.
 
-    backend: ``auto`` (``nccl`` when CUDA is available, else ``gloo``), ``gloo`` or ``nccl``.
+    backend: ``auto`` (``nccl`` when CUDA is available, else ``gloo``), ``gloo`` or ``nccl``. timeout: seconds the
+    rendezvous and every later collective may wait (default :func:`timeout_s`); past it, an error naming the
+    rendezvous or the collective and ``train.nproc``.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_world_size()
     if world <= 1:
         return Dist()
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():
-        raise RuntimeError("train.backend: nccl needs CUDA; use gloo on the CPU")
+        raise ConfigError("backend", "nccl needs CUDA, which this machine lacks; use gloo (or auto)", "train")
+    timeout = timeout_s() if timeout is None else timeout
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        except (RuntimeError, TimeoutError) as err:  # DistStoreError, DistNetworkError: RuntimeError subclasses
+            raise DistError(f"rank {env_rank()}: the rendezvous of the {world} processes (train.nproc: {world}) "
+                            f"did not complete within {timeout:g} s (${TIMEOUT_ENV}): a rank failed to start or "
+                            f"died (see its error above), or the port is blocked; {err}") from err
     d = Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
     if backend == "nccl":
         torch.cuda.set_device(d.local_rank)
     return d
+
+
+@contextlib.contextmanager
+def watchdog(d: Dist):
+    """Turn a collective's timeout or lost connection into an error naming it, the timeout and ``train.nproc``."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err).lower()
+        lost = any(w in text for w in ("timed out", "timeout", "connection closed", "connection reset", "peer"))
+        if not d.enabled or isinstance(err, DistError) or not lost:
+            raise
+        raise DistError(f"rank {d.rank}: a collective operation of the {d.world_size} processes (train.nproc: "
+                        f"{d.world_size}) failed: another rank died or hangs (timeout {timeout_s():g} s, "
+                        f"${TIMEOUT_ENV}); see the other ranks' errors above. {err}") from err
+
+
+def quiet_other_ranks(d: Dist) -> None:
+    """Rank 0 logs everything; the other ranks only warnings and errors (the same lines would repeat per rank)."""
+    if d.enabled and not d.is_main:
+        root = logging.getLogger()
+        root.setLevel(max(root.getEffectiveLevel(), logging.WARNING))
 
 
 def teardown(d: Dist) -> None:

@@ -1,14 +1,23 @@
-"""Evaluation of a selected checkpoint on test: accuracies, macro-F1, imbalance ratio, confusion matrix."""
+"""Evaluation of a selected checkpoint on test: accuracies, macro-F1, imbalance ratio, confusion matrix.
+
+``metrics.json`` is strict JSON (:func:`pipeline.fileio.write_json_strict`): a number that is undefined is
+``null``, never ``NaN`` or ``Infinity``; ``imbalance_ratio`` is null when a modality's accuracy is at or below
+chance (1 / ``num_classes``). ``num_classes`` is the model's, which is the number of classes present in the
+prepared dataset (``data/classes.txt``), not the maximum a layout allows.
+
+Every input is checked (checkpoint, index, shards, that both describe the same features and classes) before
+anything is written; ``eval/`` is written into a temporary folder that replaces the old one only when complete
+(:func:`pipeline.fileio.staged_dir`), then ``metrics.json`` is replaced atomically.
+"""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.fileio import atomic_path
+from pipeline.fileio import staged_dir, strict_json_value, write_json_strict
 from pipeline.shards import IndexReader
 from train.checkpoint import dataset_fingerprint
 from train.config import TrainConfig
@@ -19,7 +28,12 @@ from train.inference import accuracies, imbalance_ratio, pick_device, predict
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Mean over classes of F1 (a class absent from both true and predicted labels counts as 0)."""
+    """Unweighted mean over the model's classes 0..C-1 of each class's F1 = 2 TP / (2 TP + FP + FN).
+
+    This is scikit-learn's ``f1_score(y_true, y_pred, labels=range(C), average="macro", zero_division=0)``: the
+    labels given are the model's classes, so a class with no sample and no prediction in the split counts as 0,
+    and a class that is in the split but never predicted (or predicted but not in it) counts as 0 as well.
+    """
     f1 = []
     for c in range(num_classes):
         tp = np.sum((y_pred == c) & (y_true == c))
@@ -28,21 +42,43 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     return float(np.mean(f1))
 
 
+def load_checkpoint(path: Path) -> dict:
+    """The selected checkpoint written by training, or an error naming it and saying what to run."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: train this method first (`dvc repro train@<method>`), or "
+                                f"restore the trained model with `dvc checkout`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file: torch raises several kinds
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}): "
+                         f"retrain (`dvc repro train@<method>`) or restore it (`dvc checkout`)") from None
+    missing = [k for k in ("config", "model", "method", "modalities", "class_names", "epoch", "mel_mean", "mel_std")
+               if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of this trainer (no {', '.join(missing)}): retrain it")
+    return ckpt
+
+
 def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split: str = "test") -> dict:
     """Metrics of ``run_dir/train/model.pt`` on ``split``: ``run_dir/metrics.json`` and dvclive plots in ``run_dir/eval``."""
-    from dvclive import Live
-
     run_dir = Path(run_dir)
-    ckpt = torch.load(run_dir / "train" / "model.pt", map_location="cpu", weights_only=False)
-    cfg = TrainConfig(**ckpt["config"])
+    model_path = run_dir / "train" / "model.pt"
+    ckpt = load_checkpoint(model_path)
+    try:
+        cfg = TrainConfig.from_params(ckpt["config"])
+    except ValueError as err:
+        raise ValueError(f"{model_path}: its training settings do not hold for this avremix ({err}): retrain it "
+                         f"(`dvc repro train@<method>`)") from None
     index = IndexReader(index_path)
+    if split not in index.splits or not len(index.indices(split)):
+        raise ValueError(f"{index_path} has no {split} samples: nothing to evaluate on")
     index.verify((split,), content=cfg.verify_shards == "sha256")
     if ckpt.get("fingerprint", dataset_fingerprint(index)) != dataset_fingerprint(index):
-        raise ValueError(f"{run_dir / 'train' / 'model.pt'} was trained on another feature set than {index_path} "
+        raise ValueError(f"{model_path} was trained on another feature set than {index_path} "
                          f"(fingerprints differ): rerun train")
     if list(index.class_names) != ckpt["class_names"]:
-        raise ValueError(f"{run_dir / 'train' / 'model.pt'} was trained on classes {ckpt['class_names']}, "
-                         f"{index_path} has {list(index.class_names)}")
+        raise ValueError(f"{model_path} was trained on classes {ckpt['class_names']}, "
+                         f"{index_path} has {list(index.class_names)}: rerun train")
     device = pick_device(cfg.device)
     mods, num_classes = ckpt["modalities"], len(index.class_names)
     method = build_method(ckpt["method"], cfg, mods, num_classes, cfg.method_params)
@@ -55,13 +91,18 @@ def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split
     acc = accuracies(pred, mods)
     y, y_hat = pred["label"], pred["fused"].argmax(1)
     metrics = {"method": ckpt["method"], "epoch": ckpt["epoch"], "split": split, "samples": int(len(y)),
+               "num_classes": num_classes, "chance": 1.0 / num_classes,
                **{f"acc_{k}": v for k, v in acc.items()}, "macro_f1": macro_f1(y, y_hat, num_classes),
                "imbalance_ratio": imbalance_ratio(acc, mods, num_classes)}
-    with atomic_path(run_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    with Live(str(run_dir / "eval"), save_dvc_exp=False, dvcyaml=None) as live:
-        names = list(index.class_names)
-        live.log_sklearn_plot("confusion_matrix", [names[i] for i in y], [names[i] for i in y_hat],
-                              name="confusion_matrix.json")
-    return metrics
+    write_outputs(run_dir, metrics, [index.class_names[i] for i in y], [index.class_names[i] for i in y_hat])
+    return strict_json_value(metrics)
 
+
+def write_outputs(run_dir: Path, metrics: dict, actual: list[str], predicted: list[str]) -> None:
+    """``run_dir/eval`` (dvclive's confusion matrix), replaced only when complete, then ``run_dir/metrics.json``."""
+    from dvclive import Live
+
+    with staged_dir(run_dir / "eval") as tmp:
+        with Live(str(tmp), save_dvc_exp=False, dvcyaml=None) as live:
+            live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
+    write_json_strict(run_dir / "metrics.json", metrics)

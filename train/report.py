@@ -14,7 +14,8 @@ def table(results: list[dict], modalities: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [r["method"], f"{r['acc_fused']:.3f}", *[f"{r[f'acc_{m}']:.3f}" for m in modalities],
-                 f"{r['macro_f1']:.3f}", f"{r['imbalance_ratio']:.2f}", str(r["epoch"])]
+                 f"{r['macro_f1']:.3f}", "—" if r["imbalance_ratio"] is None else f"{r['imbalance_ratio']:.2f}",
+                 str(r["epoch"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

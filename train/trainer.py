@@ -28,13 +28,15 @@ import torch.nn.functional as F
 from dvclive import Live
 from tqdm import tqdm
 
+from pipeline.fileio import dumps_strict, write_json_strict
+from pipeline.params import ConfigError
 from pipeline.shards import IndexReader
 from train import checkpoint, distributed
-from train.config import TrainConfig
+from train.config import TrainConfig, batch_vs_world
 from train.data import ShardDataset, estimate_mel_stats, make_loader, multimodal_loader, to_inputs
 from train.diagnostics import angle_row, gradient_angle, own_gradient
 from train.inference import accuracies, autocast, imbalance_ratio, pick_device, predict
-from train.methods import Context, EpochPlan, Method, build_method
+from train.methods import Context, EpochPlan, Method, build_method, check_method_name
 from train.fusions import build_model
 from train.sampler import RemixBatchSampler
 
@@ -91,13 +93,36 @@ def train(*, index_path: str | os.PathLike, out_dir: str | os.PathLike, method: 
     with the same settings left one (to the same weights as an uninterrupted run). Under torchrun, every rank
     calls this. Returns the training summary (best epoch, its validation accuracies, per-epoch log).
     """
-    d = distributed.setup(config.backend)
+    distributed.die_with_launcher()  # under torchrun: a rank dies with it
+    _check_before_start(index_path, method, config)
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else checkpoint.default_work_dir(out_dir)
-    try:
-        return _train(index_path, out_dir, work_dir, method, config, seed, d)
-    finally:
-        distributed.teardown(d)
+    with checkpoint.work_lock(work_dir, hold=distributed.env_rank() == 0):  # rank 0 holds it for the run
+        d = distributed.setup(config.backend)
+        distributed.quiet_other_ranks(d)
+        try:
+            with distributed.watchdog(d):
+                return _train(index_path, out_dir, work_dir, method, config, seed, d)
+        finally:
+            distributed.teardown(d)
+
+
+def _check_before_start(index_path, name: str, cfg: TrainConfig) -> None:
+    """What can be checked before anything is touched: the method, the device, the batch against the world size
+    (``train.nproc`` is checked by :class:`TrainConfig`; this is torchrun's ``WORLD_SIZE``, also by hand), the
+    index. The rest (shards, resume state, the method's needs) is checked before the work folder is touched;
+    ``out_dir`` is only replaced when the run completes."""
+    check_method_name(name, list(cfg.modalities))
+    for key, value in (("device", cfg.device), ("backend", cfg.backend)):
+        if value in ("cuda", "nccl") and not torch.cuda.is_available():
+            raise ConfigError(key, f"{value} needs CUDA, which this machine lacks; use auto", cfg.section)
+    world = distributed.env_world_size()
+    if cfg.batch_size < world:
+        raise ConfigError("batch_size", batch_vs_world(cfg.batch_size, world, "WORLD_SIZE under torchrun"),
+                          cfg.section)
+    if not Path(index_path).is_file():
+        raise FileNotFoundError(f"{index_path}: no feature index there; make the features first (dvc repro "
+                                f"extract, or `dvc checkout` if they were made before), or pass --index")
 
 
 def _train(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfig, seed: int,
@@ -116,10 +141,9 @@ def _train(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfi
             t_train = time.perf_counter()
             bar = tqdm(run.loader, desc=f"{name} epoch {state.epoch}", leave=False, unit="batch", disable=not d.is_main)
             for batch in bar:
+                done = len(state.losses)
                 n_global = _train_batch(run, state, batch)
-                step_log.write(json.dumps({"global_step": state.global_step, "epoch": state.epoch, "step": state.step,
-                                           "modality": sorted(set(batch["modality"].tolist())),
-                                           "samples": len(batch["label"]), "global_samples": int(n_global)}) + "\n")
+                step_log.write(_step_record(state, batch, n_global, state.losses[done:]) + "\n")
                 if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
                     step_log.flush()
                     _save_state(run, state)
@@ -152,9 +176,18 @@ def _train_batch(run: Run, state: RunState, batch: dict) -> float:
     return n_global
 
 
+def _step_record(state: RunState, batch: dict, n_global: float, losses: list[float]) -> str:
+    """One line of the rank's step log: the step, the modality codes and samples of the rank's batch, the global
+    batch's samples and its mean loss at each optimizer step of the batch (the same on every rank)."""
+    return dumps_strict({"global_step": state.global_step, "epoch": state.epoch, "step": state.step,
+                         "modality": sorted(set(batch["modality"].tolist())), "samples": len(batch["label"]),
+                         "global_samples": int(n_global), "losses": losses})
+
+
 def _optimizer_step(run: Run, state: RunState, inputs: dict, y: torch.Tensor, m_code: torch.Tensor,
                     keep: torch.Tensor, batch: dict) -> tuple[float, float]:
-    """Forward, loss, backward, gradient averaging and modulation, optimizer step. Returns (loss, global batch)."""
+    """Forward, loss, backward, gradient averaging and modulation, optimizer step. Returns the global batch's
+    mean loss (over every rank's samples) and size."""
     cfg, d, model, method = run.cfg, run.d, run.model, run.method
     present = distributed.any_over_ranks(keep.any(0), d)  # [K] kept by some sample of the global step
     dropped = [m for j, m in enumerate(run.mods) if not present[j]]  # masked for the whole global step
@@ -164,7 +197,7 @@ def _optimizer_step(run: Run, state: RunState, inputs: dict, y: torch.Tensor, m_
         out = method.forward(model, inputs, keep=keep if not keep.all() else None, mask=mask, skip_masked=skip,
                              ctx=run.ctx)
         loss = method.loss(model, out, y, m_code, run.ctx)  # autocast: cross-entropy in float32
-    n_global = distributed.all_sum(d, len(y))
+    n_global, global_loss = _global_loss(d, loss, len(y))
     if d.enabled:  # rank slices may differ by one sample: weight so the average is the global mean
         loss = loss * (len(y) * d.world_size / n_global)
     own = own_gradient(model, out, y, keep, cfg.grad_angle) if cfg.grad_angle else None
@@ -179,7 +212,16 @@ def _optimizer_step(run: Run, state: RunState, inputs: dict, y: torch.Tensor, m_
     method.modulate_gradients(model, out, y, m_code, run.ctx)
     run.opt.step()
     method.after_step(model, out, batch, run.ctx)
-    return loss.item(), n_global
+    return global_loss, n_global
+
+
+def _global_loss(d: distributed.Dist, loss: torch.Tensor, n: int) -> tuple[float, float]:
+    """(samples of the global batch, its mean loss): one all-reduce of [n, n * loss] over ranks (a rank's own loss
+    without DDP). Every rank holds the same value, so every rank's resume state does."""
+    if not d.enabled:
+        return float(n), loss.item()
+    total = distributed.all_sum_tensor(d, torch.tensor([float(n), n * loss.item()], dtype=torch.float64))
+    return total[0].item(), total[1].item() / total[0].item()
 
 
 def _end_epoch(run: Run, state: RunState, t0: float, train_s: float) -> dict:
@@ -221,7 +263,7 @@ def _finish(run: Run, state: RunState) -> dict:
     if run.d.enabled:
         torch.distributed.barrier()  # every rank has closed its step log
     if run.d.is_main:
-        (run.work_dir / "log.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_strict(run.work_dir / "log.json", summary)  # strict JSON: an infinite ratio is written null
         checkpoint.publish(run.work_dir, run.out_dir)
     return summary
 
@@ -238,12 +280,6 @@ def _setup(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfi
     fingerprint = checkpoint.dataset_fingerprint(index)
     key = checkpoint.run_key(cfg, name, seed, fingerprint)
     saved = checkpoint.load_resume(work_dir, key, d.world_size)
-    if d.enabled:
-        torch.distributed.barrier()  # every rank has read the state before the main one may clean up
-    if saved is None and d.is_main:  # a fresh run: nothing of an earlier one may survive
-        checkpoint.clear(work_dir)
-    if d.enabled:
-        torch.distributed.barrier()
     mel_mean, mel_std = estimate_mel_stats(index, "train")
     ds = {s: ShardDataset(index, s, train=(s == "train"), frame_size=cfg.frame_size, mel_mean=mel_mean,
                           mel_std=mel_std, seed=seed) for s in ("train", "val")}
@@ -274,7 +310,19 @@ def _setup(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfi
     run = Run(cfg=cfg, name=name, seed=seed, d=d, device=device, out_dir=out_dir, work_dir=work_dir, key=key,
               model=model, method=method, opt=opt, sched=sched, sampler=sampler, loader=loader, ctx=ctx, meta=meta,
               progress=progress)
+    _take_over(work_dir, saved, d)
     return run, saved
+
+
+def _take_over(work_dir: Path, saved: dict | None, d: distributed.Dist) -> None:
+    """A fresh run empties the work folder (nothing of an earlier run may survive), once everything is built and
+    every rank has read the state: an error found while setting up leaves it as it was."""
+    if d.enabled:
+        torch.distributed.barrier()
+    if saved is None and d.is_main:
+        checkpoint.clear(work_dir)
+    if d.enabled:
+        torch.distributed.barrier()
 
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module, method: Method, n_train: int):

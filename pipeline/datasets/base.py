@@ -5,7 +5,11 @@ Every adapter returns ``(records, class_names)`` with records sorted by split (t
 val, test) then clip id. Paths are built with ``os.path.join`` on the root as given, so a
 relative root gives relative paths. A clip whose name or label cannot be used still gets
 a record (label -1, ``problem`` says why): the extractor rejects it and reports it.
-A clip whose file is missing keeps its expected path; the extractor rejects it too.
+A clip whose video or audio file is missing (or is no regular file) keeps its expected path
+and gets a ``problem`` too (:func:`finish` looks: ``video file not found``, ...); its label
+stays, so the seeded split does not depend on which files are missing. The classes are
+those of the adapter, in its order, that have at least one clip without a problem: a class
+none of whose clips is present is in no class list, and its clips get label -1.
 
 With a split folder (``split_file``, see :func:`pipeline.splits.read_split_dir`) the
 lists are authoritative: listed clips are in the listed split, clips not listed are left
@@ -24,7 +28,8 @@ from typing import Callable, Optional, Sequence
 from pipeline.manifest import SPLITS, ClipRecord, ManifestError, shard_key
 from pipeline.splits import carve_val, read_split_dir_where, stratified_split
 
-__all__ = ["Adapter", "adapter", "Clip", "need_dir", "subdirs", "files", "apply_lists", "check_shard_keys", "finish"]
+__all__ = ["Adapter", "adapter", "Clip", "need_dir", "subdirs", "files", "apply_lists", "file_problem",
+           "check_shard_keys", "finish"]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +87,12 @@ def apply_lists(
     split_file: str,
     expected: Callable[[str, str, str], Optional[Clip]],
     where: str,
+    root: str = "",
 ) -> dict[str, Clip]:
-    """Keep the listed clips, in their listed split; ``expected`` makes a listed clip not found."""
+    """Keep the listed clips, in their listed split; ``expected`` makes a listed clip not found.
+
+    ``where`` says where the dataset's own label comes from (``the clip id's emotion field``), for errors;
+    ``root`` names the dataset in the warning about clips that no list names."""
     lists = read_split_dir_where(split_file)
     out: dict[str, Clip] = {}
     for cid, (split, label, line) in lists.items():
@@ -96,10 +105,28 @@ def apply_lists(
             raise ManifestError(f"{line}: label {label!r} of clip {cid!r} disagrees with {where} ({c.class_name!r})")
         c.split = split
         out[cid] = c
-    left_out = len(clips.keys() - out.keys())
+    left_out = sorted(clips.keys() - out.keys())
     if left_out:
-        log.warning("%s: %d clips are not in the split lists of %s and are left out", where, left_out, split_file)
+        log.warning("%d of the %d clips found in %s are in none of the split lists of %s, so they are left out "
+                    "(the first: %s).", len(left_out), len(clips), root or "the dataset", split_file,
+                    ", ".join(left_out[:3]))
     return out
+
+
+def file_problem(video: str, audio: str) -> str:
+    """Why a clip's files cannot be used, as far as a look at the folder tells: "" when both exist as files.
+
+    Missing files and folders in their place are found here (prepare counts them); empty, unreadable or
+    undecodable files are the extractor's to find."""
+    files = {"video": video} if audio == video else {"video": video, "audio": audio}
+    bad = [(what, "not found" if not os.path.exists(path) else "is not a regular file", path)
+           for what, path in files.items() if not os.path.isfile(path)]
+    if not bad:
+        return ""
+    if len(bad) == 2 and bad[0][1] == bad[1][1] == "not found":
+        return f"video and audio files not found: {bad[0][2]}, {bad[1][2]}"
+    what, why, path = bad[0]
+    return f"{what} {'file' if why == 'not found' else 'path'} {why}: {path}"
 
 
 def check_shard_keys(records: Sequence[ClipRecord]) -> None:
@@ -112,6 +139,21 @@ def check_shard_keys(records: Sequence[ClipRecord]) -> None:
         seen[k] = r.clip_id
 
 
+def present_classes(clips: Sequence[Clip], classes: Sequence[str]) -> list[str]:
+    """``classes``, in their order, less those with no clip free of problems: a warning names those whose
+    clips all have a problem, an info line those with no clip at all (e.g. a layout's classes not generated)."""
+    present = {c.class_name for c in clips if not c.problem}
+    seen = {c.class_name for c in clips}
+    for absent, level, what in (([c for c in classes if c in seen - present], logging.WARNING, "Every clip has a problem in"),
+                                ([c for c in classes if c not in seen], logging.INFO, "No clip has")):
+        if absent:
+            one = len(absent) == 1
+            log.log(level, "%s the class%s %s, so %s left out of the class list (%d of %d classes left).", what,
+                    "" if one else "es", ", ".join(absent), "it is" if one else "they are",
+                    len(present & set(classes)), len(classes))
+    return [c for c in classes if c in present]
+
+
 def finish(
     clips: Sequence[Clip],
     classes: Sequence[str],
@@ -122,16 +164,20 @@ def finish(
     ratios: Sequence[float],
     group_disjoint: bool,
 ) -> tuple[list[ClipRecord], list[str]]:
-    """Labels, splits (given or seeded) and sorted records."""
+    """Labels, splits (given or seeded) and sorted records; the classes present (see the module docstring)."""
     if not clips:
         raise ManifestError(f"{where}: no clips found")
     clips = sorted(clips, key=lambda c: c.clip_id)
-    index = {c: i for i, c in enumerate(classes)}
-    labels = []
     for c in clips:
-        if not c.problem and c.class_name not in index:
+        if not c.problem and c.class_name not in classes:
             c.problem = f"unknown label {c.class_name!r}"
-        labels.append(-1 if c.problem else index[c.class_name])
+        c.problem = c.problem or file_problem(c.video, c.audio)
+    classes = present_classes(clips, classes)
+    if not classes:
+        raise ManifestError(f"{where}: none of its {len(clips)} clips can be used; the first, {clips[0].clip_id}: "
+                            f"{clips[0].problem}")
+    index = {c: i for i, c in enumerate(classes)}
+    labels = [index.get(c.class_name, -1) for c in clips]
     groups = [c.group for c in clips]
     given = [c.split for c in clips]
     if any(s is None for s in given):

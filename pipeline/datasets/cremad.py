@@ -36,7 +36,8 @@ def cremad(
     """CREMA-D: ``<root>/VideoFlash/<id>.flv`` + ``<root>/AudioWAV/<id>.wav``, group = actor.
 
     Clips = union of the .flv and .wav stems; label = the emotion field of the id;
-    classes NEU HAP SAD FEA DIS ANG, or the order of ``stat.csv`` in the split folder.
+    classes NEU HAP SAD FEA DIS ANG, or the order of ``stat.csv`` in the split folder, less those with no
+    usable clip (:func:`pipeline.datasets.base.finish`).
     """
     root = os.fspath(root)
     need_dir(root)
@@ -50,5 +51,6 @@ def cremad(
         stat = os.path.join(split_file, "stat.csv")
         if os.path.isfile(stat):
             classes = read_class_list(stat)
-        clips = apply_lists(clips, split_file, lambda cid, s, lab: _cremad_clip(root, cid), "the clip id's emotion field")
+        clips = apply_lists(clips, split_file, lambda cid, s, lab: _cremad_clip(root, cid), "the clip id's emotion field",
+                            root)
     return finish(list(clips.values()), classes, root, val_fraction=val_fraction, seed=seed, ratios=ratios, group_disjoint=group_disjoint)

@@ -65,5 +65,5 @@ def csv_manifest(
             lines[cid] = n
     classes = sorted({c.class_name for c in clips.values()})
     if split_file:
-        clips = apply_lists(clips, split_file, lambda cid, s, lab: None, path)
+        clips = apply_lists(clips, split_file, lambda cid, s, lab: None, path, path)
     return finish(list(clips.values()), classes, path, val_fraction=val_fraction, seed=seed, ratios=ratios, group_disjoint=group_disjoint)

@@ -35,7 +35,7 @@ def kinetics_sounds(
 
     Split folders are ``train``, ``val``/``valid``/``validation`` and ``test``; without
     split folders, ``<root>/<class>/<clip>.mp4`` is split by the seed. Classes = sorted
-    class folder names over all splits; clip id = file stem, unique.
+    class folder names over all splits (those holding a usable clip); clip id = file stem, unique.
     """
     root = os.fspath(root)
     need_dir(root)
@@ -66,5 +66,5 @@ def kinetics_sounds(
             path = os.path.join(base, label, f"{cid}.mp4")
             return Clip(cid, label, path, path, youtube_group(cid))
 
-        clips = apply_lists(clips, split_file, expected, "its class folder")
+        clips = apply_lists(clips, split_file, expected, "its class folder", root)
     return finish(list(clips.values()), classes, root, val_fraction=val_fraction, seed=seed, ratios=ratios, group_disjoint=group_disjoint)

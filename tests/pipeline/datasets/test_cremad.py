@@ -61,9 +61,10 @@ def test_cremad_bad_names_get_problem(tmp_path):
     assert len(records) == 33 and "._1001_DFA_ANG_XX" not in recs
     assert recs["1001_DFA_XYZ_XX"].label == -1 and recs["1001_DFA_XYZ_XX"].problem == "unknown label 'XYZ'"
     assert recs["badname"].label == -1 and "does not match <actor>_<sentence>_<emotion>_<level>" in recs["badname"].problem
-    only_audio = recs["1099_IEO_ANG_HI"]
-    assert (only_audio.label, only_audio.problem) == (classes.index("ANG"), "")
-    assert only_audio.video == os.path.join(str(tmp_path), "VideoFlash", "1099_IEO_ANG_HI.flv")
+    only_audio = recs["1099_IEO_ANG_HI"]  # flagged by prepare, label kept (the seeded split does not depend on it)
+    video = os.path.join(str(tmp_path), "VideoFlash", "1099_IEO_ANG_HI.flv")
+    assert (only_audio.label, only_audio.problem) == (classes.index("ANG"), f"video file not found: {video}")
+    assert only_audio.video == video
     assert {r.split for r in records} == {"train", "val", "test"}
 
 
@@ -77,8 +78,11 @@ def test_cremad_split_lists(tmp_path, caplog):
     (lists / "test.csv").write_text("".join(f"{i},{i.split('_')[2]}\n" for i in ids[21:]))
     records, _ = cremad(str(root), split_file=str(lists), **OPTS)
     recs = by_id(records)
-    assert "1090_DFA_ANG_XX" not in recs and "left out" in caplog.text
-    assert recs["1077_ITS_SAD_LO"].split == "train"  # listed, files missing: kept for the extractor to reject
+    assert "1090_DFA_ANG_XX" not in recs
+    assert (f"1 of the 25 clips found in {root} are in none of the split lists of {lists}, so they are left out "
+            "(the first: 1090_DFA_ANG_XX).") in caplog.text  # a sentence naming the dataset
+    assert recs["1077_ITS_SAD_LO"].split == "train"  # listed, files missing: kept and flagged for the extractor
+    assert recs["1077_ITS_SAD_LO"].problem.startswith("video and audio files not found: ")
     assert Counter(r.split for r in records) == {"train": 19, "val": 3, "test": 3}
 
     (lists / "test.csv").write_text(f"{ids[21]},{ids[21].split('_')[2]}\r\n{ids[22]},ANG\r\n")

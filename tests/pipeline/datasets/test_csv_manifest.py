@@ -1,4 +1,4 @@
-"""pipeline.datasets.csv_manifest (dataset ``csv``) on CSV files naming empty or absent clips."""
+"""pipeline.datasets.csv_manifest (dataset ``csv``) on CSV files naming empty clips (absent ones are flagged)."""
 import os
 from collections import Counter
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.datasets.csv_manifest import csv_manifest
 from pipeline.manifest import ManifestError
-from tests.pipeline.datasets.common import OPTS, by_id
+from tests.pipeline.datasets.common import OPTS, by_id, touch
 
 
 def test_csv_minimal_relative(tmp_path, monkeypatch):
@@ -15,6 +15,7 @@ def test_csv_minimal_relative(tmp_path, monkeypatch):
     Path("data").mkdir()
     rows = [f"clips/{c}{i}.mp4,{c}" for c in ("dog", "cat") for i in range(10)]
     Path("data/m.csv").write_text("label,video\r\n" + "".join(f"{r.split(',')[1]},{r.split(',')[0]}\r\n" for r in rows))
+    touch("data", *[r.split(",")[0] for r in rows])
     records, classes = csv_manifest("data/m.csv", **OPTS)
     assert classes == ["cat", "dog"] and len(records) == 20
     recs = by_id(records)
@@ -27,13 +28,14 @@ def test_csv_split_audio_group_id_columns(tmp_path):
     lines = ["id,video,audio,label,split,group,extra"]
     for i in range(12):
         split = "test" if i % 4 == 0 else "train"
-        lines.append(f"c{i},v/{i}.mp4,/abs/a{i}.wav,{'ab'[i % 2]},{split},spk{i % 3},x")
+        lines.append(f"c{i},v/{i}.mp4,{tmp_path}/abs/a{i}.wav,{'ab'[i % 2]},{split},spk{i % 3},x")
+        touch(tmp_path, f"v/{i}.mp4", f"abs/a{i}.wav")
     f = tmp_path / "m.csv"
     f.write_text("\n".join(lines) + "\n\n")
     records, classes = csv_manifest(str(f), **OPTS)
     recs = by_id(records)
     assert classes == ["a", "b"]
-    assert recs["c1"].video == os.path.join(str(tmp_path), "v", "1.mp4") and recs["c1"].audio == "/abs/a1.wav"
+    assert recs["c1"].video == os.path.join(str(tmp_path), "v", "1.mp4") and recs["c1"].audio == f"{tmp_path}/abs/a1.wav"
     assert recs["c1"].group == "spk1"
     assert {i for i, r in recs.items() if r.split == "test"} == {"c0", "c4", "c8"}
     assert "val" in {r.split for r in records}
@@ -58,6 +60,7 @@ def test_csv_bad_rows(tmp_path, body, message):
 
 def test_csv_with_split_lists(tmp_path):
     (tmp_path / "m.csv").write_text("video,label\n" + "".join(f"{c}{i}.mp4,{c}\n" for c in "xy" for i in range(6)) + "extra.mp4,x\n")
+    touch(tmp_path, *[f"{c}{i}.mp4" for c in "xy" for i in range(6)], "extra.mp4")
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "train.csv").write_text("".join(f"{c}{i},{c}\n" for c in "xy" for i in range(5)))
