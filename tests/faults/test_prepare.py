@@ -47,7 +47,7 @@ def test_split_lists_naming_missing_files_fail_naming_the_folder_and_root(projec
     before = prepared(project)
     ids = clip_ids(project)
     absent = [f"10{a:02d}_{s}_ANG_HI" for a in (1, 2) for s in ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI")]
-    lists = write_lists(project / "lists", ids[:6] + absent[:9], ids[6:] + absent[9:])
+    write_lists(project / "lists", ids[:6] + absent[:9], ids[6:] + absent[9:])
     edit_params(project, prepare__split_file="lists")
     err = fails(run(project, "prepare"), "prepare: error: 12 of the 21 clips of data/raw (as listed by the split "
                 "folder lists) are flagged for rejection (57.1%)", "12 with video and audio files not found",
