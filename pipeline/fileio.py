@@ -24,7 +24,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Delete a file, a link or a folder tree, if there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -44,10 +45,10 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp, old = path.with_name(f".tmp-{path.name}"), path.with_name(f".old-{path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove(tmp)
+    remove_path(tmp)
     if old.exists():
         if path.exists():
-            _remove(old)
+            remove_path(old)
         else:
             os.replace(old, path)
     tmp.mkdir()
@@ -59,7 +60,7 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
-    _remove(old)
+    remove_path(old)
 
 
 def strict_json_value(obj: Any) -> Any:

@@ -30,7 +30,7 @@ except ImportError:  # not POSIX: no lock
 import numpy as np
 import torch
 
-from pipeline.fileio import atomic_path
+from pipeline.fileio import atomic_path, remove_path, staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -112,40 +112,23 @@ def save(path: Path, payload: dict) -> None:
         torch.save(payload, tmp)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def clear(work_dir: Path) -> None:
     """Empty the work folder but its lock (a fresh run: nothing of an earlier one may survive)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     for p in work_dir.iterdir():
         if p.name != LOCK:
-            _remove(p)
+            remove_path(p)
 
 
 def publish(work_dir: Path, out_dir: Path) -> None:
     """Move a finished run's files from ``work_dir`` (all but the resume state and the lock) to ``out_dir``,
-    replacing it whole, then remove ``work_dir``. Until the last rename the old ``out_dir`` is intact; the lock
-    stays held until ``work_dir`` is gone."""
-    staging = out_dir.with_name(f".{out_dir.name}.new")
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    for p in (staging, old):
-        if p.exists():
-            shutil.rmtree(p)
+    replacing it whole (:func:`pipeline.fileio.staged_dir`: ``out_dir`` is the old or the new one at every
+    moment), then remove ``work_dir``; the lock stays held until ``work_dir`` is gone."""
     (work_dir / RESUME).unlink(missing_ok=True)  # from here a kill means a fresh rerun, never a resume without files
-    staging.mkdir()
-    for p in work_dir.iterdir():
-        if p.name != LOCK:
-            p.rename(staging / p.name)
-    if out_dir.exists():
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    if old.exists():
-        shutil.rmtree(old)
+    with staged_dir(out_dir) as staging:
+        for p in work_dir.iterdir():
+            if p.name != LOCK:
+                p.rename(staging / p.name)
     shutil.rmtree(work_dir)
 
 

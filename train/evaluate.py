@@ -73,7 +73,8 @@ def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split
     if split not in index.splits or not len(index.indices(split)):
         raise ValueError(f"{index_path} has no {split} samples: nothing to evaluate on")
     index.verify((split,), content=cfg.verify_shards == "sha256")
-    if ckpt.get("fingerprint", dataset_fingerprint(index)) != dataset_fingerprint(index):
+    fingerprint = dataset_fingerprint(index)
+    if ckpt.get("fingerprint", fingerprint) != fingerprint:
         raise ValueError(f"{model_path} was trained on another feature set than {index_path} "
                          f"(fingerprints differ): rerun train")
     if list(index.class_names) != ckpt["class_names"]:
