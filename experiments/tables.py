@@ -69,7 +69,9 @@ with no run of ours is appended with our cells blank.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import json
 import math
 import statistics
@@ -77,7 +79,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from experiments import reference
+from experiments import reference, stats, tuning
 
 INTERMEDIATE = ("mmtm", "centralnet")  # intermediate fusions: Table 4; the others: Table 1
 FUSION_ORDER = ("concat", "sum", "decision", "film", "gated", *INTERMEDIATE)  # others follow, sorted
@@ -118,9 +120,26 @@ class Record:
     score_s: float | None = None  # sum over epochs of history `score_s` (s)
     epoch_s: float | None = None  # sum over epochs of history `epoch_s` (s)
     history: tuple = ()  # log.json history rows, one dict per epoch (for per-epoch plots: experiments.figure3)
+    val: float | None = None  # log.json best.val_fused: validation accuracy of the checkpoint the run selected
+    clip_keys: tuple = ()  # test clip keys of eval/predictions.csv, in its order
+    right: dict = dataclasses.field(default_factory=dict)  # "fused" / modality -> "0110..": right on each clip
 
     def param(self, key: str, default: Any = None) -> Any:
         return self.params.get(key, default)
+
+    def clips(self, column: str = "fused") -> dict[str, bool] | None:
+        """{clip key: right?} of ``column`` on test (None: no predictions.csv read)."""
+        bits = self.right.get(column)
+        return dict(zip(self.clip_keys, (b == "1" for b in bits))) if bits and self.clip_keys else None
+
+
+def predictions_summary(rows: Sequence[dict[str, str]] | None) -> dict[str, Any]:
+    """``clip_keys`` and ``right`` of a Record from predictions.csv rows (see train.evaluate)."""
+    if not rows:
+        return {}
+    cols = [c for c in rows[0] if c not in ("key", "label")]
+    return {"clip_keys": tuple(r["key"] for r in rows),
+            "right": {c: "".join("1" if r[c] == r["label"] else "0" for r in rows) for c in cols}}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -155,9 +174,10 @@ def log_summary(log: dict | None) -> dict[str, float | None]:
             **{k: sum(float(r.get(k, 0.0)) for r in rows) for k in ("train_s", "score_s", "epoch_s")}}
 
 
-def records_from_show(show: list[dict], read_log: Callable[[str, str], dict | None]) -> list[Record]:
+def records_from_show(show: list[dict], read_log: Callable[[str, str], dict | None],
+                      read_predictions: Callable[[str, str], list | None] = lambda rev, method: None) -> list[Record]:
     """Records of every finished experiment in ``dvc exp show --json`` output; ``read_log(rev, method)``
-    gives that run's log.json (or None)."""
+    gives that run's log.json (or None), ``read_predictions(rev, method)`` its eval/predictions.csv rows."""
     records = []
     for commit in show:
         if commit.get("rev") == "workspace" or not commit.get("data"):
@@ -184,7 +204,9 @@ def records_from_show(show: list[dict], read_log: Callable[[str, str], dict | No
                     name=entry.get("name") or exp.get("name") or entry["rev"][:7], rev=entry["rev"],
                     timestamp=data.get("timestamp") or "", method=method, fusion=str(params.get("train.fusion")),
                     seed=seed, params=params, overrides=_overrides(params, base, method), metrics=metrics,
-                    **log_summary(log), history=tuple((log or {}).get("history") or ())))
+                    **log_summary(log), history=tuple((log or {}).get("history") or ()),
+                    val=((log or {}).get("best") or {}).get("val_fused"),
+                    **predictions_summary(read_predictions(entry["rev"], method))))
     return records
 
 
@@ -196,14 +218,22 @@ def collect(cwd: str | Path = ".", all_commits: bool = False) -> list[Record]:
 
     show = json.loads(dvc(["exp", "show", "--json", *(["-A"] if all_commits else [])], cwd).stdout)
 
-    def read_log(rev: str, method: str) -> dict | None:
+    def read(rev: str, path: str) -> str | None:
         try:
-            return json.loads(DVCFileSystem(str(cwd), rev=rev).read_text(f"runs/{method}/train/log.json"))
-        except Exception as e:  # noqa: BLE001 - a missing log leaves the run's time and expansion blank
-            print(f"warning: no log.json for {method} in {rev[:7]}: {e}", file=sys.stderr)
+            return DVCFileSystem(str(cwd), rev=rev).read_text(path)
+        except Exception as e:  # noqa: BLE001 - a missing file leaves the run's cells that need it blank
+            print(f"warning: no {path} in {rev[:7]}: {e}", file=sys.stderr)
             return None
 
-    return records_from_show(show, read_log)
+    def read_log(rev: str, method: str) -> dict | None:
+        text = read(rev, f"runs/{method}/train/log.json")
+        return json.loads(text) if text else None
+
+    def read_predictions(rev: str, method: str) -> list | None:
+        text = read(rev, f"runs/{method}/eval/predictions.csv")
+        return list(csv.DictReader(io.StringIO(text))) if text else None
+
+    return records_from_show(show, read_log, read_predictions)
 
 
 # -- statistics and cells --------------------------------------------------------------------------
@@ -292,8 +322,14 @@ RATIO = "x baseline"  # Table 3: total time over the baseline's
 PAPER_ROW_FUSION = {"greedy": "mmtm"}  # the paper's Table 2/3 rows are all on concat; Greedy needs MMTM here
 # derived paper columns: table -> (column, of column, over (("col", c): column c of the same row | ("row", r): the
 # same column of row r), operator); computed from the CSV's numbers like ours from our runs
-PAPER_DERIVED = {"table1": (GAIN, "remix", ("col", "baseline"), "-"), "table4": (GAIN, "remix", ("col", "baseline"), "-"),
-                 "table2": (GAIN, "fused", ("row", "baseline"), "-"), "table3": (RATIO, "total s", ("row", "baseline"), "/")}
+REMIX_GAIN = "remix over X (points)"  # Table 2: X + Remix over X (remix over baseline), paired like GAIN
+# derived paper columns: table -> [(column, of column, over (("col", c): column c of the same row | ("row", r): the
+# same column of row r | ("remix_of", None): the same column of the row Remix was added to), operator)];
+# computed from the CSV's numbers like ours from our runs
+PAPER_DERIVED = {"table1": [(GAIN, "remix", ("col", "baseline"), "-")],
+                 "table4": [(GAIN, "remix", ("col", "baseline"), "-")],
+                 "table2": [(GAIN, "fused", ("row", "baseline"), "-"), (REMIX_GAIN, "fused", ("remix_of", None), "-")],
+                 "table3": [(RATIO, "total s", ("row", "baseline"), "/")]}
 PAPER_NOTES = {
     "table2": "The paper runs every method on concatenation; its Greedy row sits beside ours on MMTM (Greedy needs "
               "MMTM here). The paper's expansion factor is declared per method; ours is measured.",
@@ -336,16 +372,26 @@ class Table:
         return [Panel(self.bars, self.unit), *self.extra]
 
 
+def remix_of(method: str) -> str | None:
+    """The method Remix was added to: remix -> baseline, <x>_remix -> <x> (the registry's naming); else None."""
+    return "baseline" if method == "remix" else method.removesuffix("_remix") if method.endswith("_remix") else None
+
+
+def _derived_of(kind: str, ref: str | None, col: str, row: str, rows: dict[str, dict[str, float]]) -> float | None:
+    """The value a derived column of row ``row`` is taken over (see :data:`PAPER_DERIVED`)."""
+    if kind == "col":
+        return rows[row].get(ref)
+    return rows.get(ref if kind == "row" else remix_of(row) or "", {}).get(col)
+
+
 def derive(key: str, rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """The paper's numbers of one dataset with the derived column of :data:`PAPER_DERIVED` (gain, ratio) added."""
+    """The paper's numbers of one dataset with the derived columns of :data:`PAPER_DERIVED` (gain, ratio) added."""
     out = {r: dict(c) for r, c in rows.items()}
-    if key not in PAPER_DERIVED:
-        return out
-    name, col, (kind, ref), op = PAPER_DERIVED[key]
-    for cols in out.values():
-        base = cols.get(ref) if kind == "col" else rows.get(ref, {}).get(col)
-        if col in cols and base is not None and (op == "-" or base):
-            cols[name] = cols[col] - base if op == "-" else cols[col] / base
+    for name, col, (kind, ref), op in PAPER_DERIVED.get(key, []):
+        for row, cols in out.items():
+            of = _derived_of(kind, ref, col, row, rows)
+            if col in cols and of is not None and (op == "-" or of):
+                cols[name] = cols[col] - of if op == "-" else cols[col] / of
     return out
 
 
@@ -384,8 +430,18 @@ def pct(records: Iterable[Record], key: str) -> list[float]:
     return [100 * v for v in seed_values(records, acc(key))]
 
 
-def _gain(mine: Stat | None, base: Stat | None) -> str:
-    return f"{(mine.mean - base.mean) * 100:+.2f}" if mine and base else DASH
+def paired_gain(mine: Iterable[Record], base: Iterable[Record], column: str = "fused") -> stats.Diff | None:
+    """``mine`` over ``base``, run by run at the seeds both have (each seed's newest run): per-seed differences
+    of test accuracy and a bootstrap interval over the test clips (:mod:`experiments.stats`)."""
+    x, y = latest_per_seed(mine), latest_per_seed(base)
+    key = f"acc_{column}"
+    return stats.paired({r.seed: r.metrics[key] for r in x if key in r.metrics},
+                        {r.seed: r.metrics[key] for r in y if key in r.metrics},
+                        {r.seed: c for r in x if (c := r.clips(column))}, {r.seed: c for r in y if (c := r.clips(column))})
+
+
+def _gain(mine: Iterable[Record], base: Iterable[Record]) -> str:
+    return stats.fmt_diff(paired_gain(mine, base))
 
 
 def _fusion_table(key: str, title: str, records: list[Record], intermediate: bool) -> Table:
@@ -397,7 +453,7 @@ def _fusion_table(key: str, title: str, records: list[Record], intermediate: boo
                                     key=lambda kv: (_fusion_key(kv[0][0]), kv[0][1])):
         by = {m: [r for r in rs if r.method == m] for m in ("baseline", "remix")}
         b, m = (stat(by[k], acc("acc_fused")) for k in ("baseline", "remix"))
-        rows.append([_label(fusion, var), fmt(b, 100), fmt(m, 100), _gain(m, b)])
+        rows.append([_label(fusion, var), fmt(b, 100), fmt(m, 100), _gain(by["remix"], by["baseline"])])
         bars.append((_label(fusion, var), {k: pct(v, "acc_fused") for k, v in by.items()}))
         keys.append(None if var else fusion)
     return with_paper(Table(key, title, ["fusion", "baseline", "remix", GAIN], rows, bars, row_keys=keys))
@@ -429,17 +485,19 @@ def table2(records: list[Record]) -> Table:
     for _, rs in groups:
         for r in rs:
             mods += [m for m in r.param("train.modalities", []) if m not in mods]
-    fused = {k: stat(rs, acc("acc_fused")) for k, rs in groups}
-    rows = [[_label(method, var), fusion, fmt(fused[(method, fusion, var)], 100),
+    runs = dict(groups)
+    rows = [[_label(method, var), fusion, fmt(stat(rs, acc("acc_fused")), 100),
              *[fmt(stat(rs, acc(f"acc_{m}")), 100) for m in mods], fmt(stat(rs, lambda r: r.expansion)),
-             _gain(fused[(method, fusion, var)], fused.get(("baseline", fusion, var)))]
+             _gain(rs, runs.get(("baseline", fusion, var), [])) if method != "baseline" else DASH,
+             _gain(rs, runs.get((remix_of(method), fusion, var), [])) if remix_of(method) else DASH]
             for (method, fusion, var), rs in groups]
     bars = [(f"{_label(method, var)}\n{fusion}", {"fused": pct(rs, "acc_fused"),
                                                   **{f"{m}-only": pct(rs, f"acc_{m}") for m in mods}})
             for (method, fusion, var), rs in groups]
     return with_paper(Table(
         "table2", "Table 2: balancing methods (test accuracy %, expansion factor of the training set, gain over "
-        "the baseline of the same fusion)", ["method", "fusion", "fused", *[f"{m}-only" for m in mods], "expansion", GAIN],
+        "the baseline of the same fusion; remix over X: X + Remix over X)",
+        ["method", "fusion", "fused", *[f"{m}-only" for m in mods], "expansion", GAIN, REMIX_GAIN],
         rows, bars, row_keys=[_paper_method_key(*k) for k, _ in groups]))
 
 
@@ -521,7 +579,7 @@ def paper_cell(col: str, by_dataset: dict[str, float]) -> str:
     """The paper's values of one cell, ``CREMA-D / Kinetics-Sounds``: gains signed, seconds whole."""
     if not by_dataset:
         return DASH
-    spec = "+.2f" if col == GAIN else ".0f" if col == "total s" else ".2f"
+    spec = "+.2f" if col in (GAIN, REMIX_GAIN) else ".0f" if col == "total s" else ".2f"
     return " / ".join(format(by_dataset[d], spec) if d in by_dataset else DASH for d in reference.DATASETS.values())
 
 
@@ -560,17 +618,20 @@ def markdown(table: Table, ours: bool = True) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def document(tables: Sequence[Table], ours: bool = True) -> str:
+def document(tables: Sequence[Table], ours: bool = True, sections: Sequence[str] = ()) -> str:
+    """The whole tables.md: a head, ``sections`` (e.g. the chosen settings), then each table."""
     datasets = " / ".join(f"{d}" for d in reference.DATASETS.values())
     if ours:
         head = ("# Paper tables: ours beside the paper's\n\nOurs: mean ± sample std over seeds (n = seeds) on the "
-                "embedded dataset; gains in points over our baseline of the same fusion. ")
+                "embedded dataset. Gains in points over our baseline of the same fusion, paired by seed: "
+                "`mean ± std [lo, hi]*` = the per-seed differences' mean ± sample std, then the 95 % bootstrap "
+                "interval over test clips pooled over seeds, * where it excludes 0 (`experiments/stats.py`). ")
     else:
         head = "# The paper's tables\n\nOurs left out (see tables.md). "
     head += (f"Each `paper X ({' / '.join(reference.SHORT.values())})` column: the paper's value of column X on "
              f"{datasets}, gains over the paper's baseline, from `{reference.CSV.name}` of the paper ({reference.SOURCE}). "
              "Ours are on the embedded (synthetic) dataset: compare gains and orderings with the paper's, not levels.\n")
-    return "\n".join([head, *[markdown(t, ours) for t in tables]])
+    return "\n".join([head, *sections, *[markdown(t, ours) for t in tables]])
 
 
 def _draw_panel(ax, panel: Panel, paper: Sequence[dict[str, dict[str, float]]]) -> None:
@@ -649,7 +710,8 @@ def save_records(records: Sequence[Record], path: Path) -> None:
 def load_records(path: Path) -> list[Record]:
     """The records :func:`save_records` wrote."""
     data = json.loads(Path(path).read_text())
-    return [Record(**{**r, "history": tuple(r.get("history") or ())}) for r in data["records"]]
+    return [Record(**{**r, "history": tuple(r.get("history") or ()), "clip_keys": tuple(r.get("clip_keys") or ())})
+            for r in data["records"]]
 
 
 def cli_records(prog: str, all_commits: bool, records: Path | None = None, read: bool = False) -> list[Record]:
@@ -685,8 +747,15 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _args(argv)
+    saved, reference.CSV = reference.CSV, args.paper_csv
+    try:
+        _main(args)
+    finally:
+        reference.CSV = saved  # a caller in the same process (a test) keeps its own
+
+
+def _main(args: argparse.Namespace) -> None:
     prog = "experiments.tables"
-    reference.CSV = args.paper_csv
     out = Path(args.out)
     try:
         reference.reported("table1")
@@ -699,9 +768,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(text + f"\n(written to {out}/paper_tables.md)")
         return
     records = cli_records(prog, args.all_commits, args.records or out / "records.json", args.from_records)
-    tables = build(records)
+    chosen = tuning.select(records)  # validation only; none (no tuning runs): every run as it is
+    final = tuning.final_view(records, chosen)
+    tables = build(final)
     out.mkdir(parents=True, exist_ok=True)
-    text = document(tables)
+    text = document(tables, sections=[tuning.chosen_markdown(chosen, final)] if chosen else [])
     (out / "tables.md").write_text(text)
     for t in tables:
         render_png(t, out / f"{t.key}.png")

@@ -100,7 +100,9 @@ def test_mean_std_cells():
 def test_table1_groups_seeds_and_variants(records):
     t1 = tables.table1(records)
     assert t1.header == ["fusion", "baseline", "remix", "gain (points)"] and t1.n_ours == 2
-    assert t1.rows[:2] == [["concat", "75.00 ± 7.07 (n=2)", "88.00 ± 2.83 (n=2)", "+13.00"],  # remix seed 1: the newest (0.86)
+    # gain: per-seed paired differences (0.90 - 0.80, 0.86 - 0.70): mean 13.00, sample std 4.24; no predictions.csv
+    # in these records, so no bootstrap interval (tests/experiments/test_stats.py covers it)
+    assert t1.rows[:2] == [["concat", "75.00 ± 7.07 (n=2)", "88.00 ± 2.83 (n=2)", "+13.00 ± 4.24"],  # remix seed 1: the newest (0.86)
                            ["sum (epochs=4)", "60.00 (n=1)", "—", "—"]]
     assert [r[0] for r in t1.rows[2:]] == ["sum", "decision", "film", "gated"]  # the paper's rows we have no run of
     assert tables.markdown(t1).startswith("## Table 1: fusion methods, baseline vs remix (fused test accuracy %)\n\n")
@@ -124,12 +126,14 @@ def test_plotted_bars_are_the_tables_seed_values(records, tmp_path):
 @needs_paper
 def test_tables_2_to_6(records):
     t2 = tables.table2(records)
-    assert t2.header == ["method", "fusion", "fused", "audio-only", "video-only", "expansion", "gain (points)"]
+    assert t2.header == ["method", "fusion", "fused", "audio-only", "video-only", "expansion", "gain (points)",
+                         "remix over X (points)"]
     assert t2.rows[:t2.n_ours] == [
-        ["baseline", "concat", "75.00 ± 7.07 (n=2)", "55.00 ± 7.07 (n=2)", "40.00 ± 0.00 (n=2)", "1.00 ± 0.00 (n=2)", "+0.00"],
-        ["remix", "concat", "88.00 ± 2.83 (n=2)", "50.00 ± 7.07 (n=2)", "65.00 ± 7.07 (n=2)", "1.38 ± 0.18 (n=2)", "+13.00"],
-        ["baseline (epochs=4)", "sum", "60.00 (n=1)", "30.00 (n=1)", "30.00 (n=1)", "—", "+0.00"],
-        ["remix", "mmtm", "70.00 (n=1)", "50.00 (n=1)", "50.00 (n=1)", "—", "—"],  # no baseline on mmtm: no gain
+        ["baseline", "concat", "75.00 ± 7.07 (n=2)", "55.00 ± 7.07 (n=2)", "40.00 ± 0.00 (n=2)", "1.00 ± 0.00 (n=2)", "—", "—"],
+        ["remix", "concat", "88.00 ± 2.83 (n=2)", "50.00 ± 7.07 (n=2)", "65.00 ± 7.07 (n=2)", "1.38 ± 0.18 (n=2)",
+         "+13.00 ± 4.24", "+13.00 ± 4.24"],  # remix over X: X = baseline
+        ["baseline (epochs=4)", "sum", "60.00 (n=1)", "30.00 (n=1)", "30.00 (n=1)", "—", "—", "—"],
+        ["remix", "mmtm", "70.00 (n=1)", "50.00 (n=1)", "50.00 (n=1)", "—", "—", "—"],  # no baseline on mmtm: no gain
     ]  # remix expansion: (1.25 + 1.5) / 2, std of {1.25, 1.5}
     t3 = tables.table3(records)
     assert t3.rows[:2] == [["baseline", "concat", "4.50 ± 0.71 (n=2)", "0.00 ± 0.00 (n=2)", "6.00 ± 1.41 (n=2)", "1.00"],
@@ -137,7 +141,7 @@ def test_tables_2_to_6(records):
     assert t3.rows[2][-1] == "—"  # no log: no time, no ratio
     assert t3.extra[0].bars[1] == ("remix\nconcat", {"x baseline": pytest.approx([9.0 / 6.0, 9.0 / 6.0])})
     t4 = tables.table4(records)  # concatenation too, as in the paper's Table 4
-    assert t4.rows[:t4.n_ours] == [["concat", "75.00 ± 7.07 (n=2)", "88.00 ± 2.83 (n=2)", "+13.00"],
+    assert t4.rows[:t4.n_ours] == [["concat", "75.00 ± 7.07 (n=2)", "88.00 ± 2.83 (n=2)", "+13.00 ± 4.24"],
                                    ["mmtm", "—", "70.00 (n=1)", "—"]]
     t5 = tables.table5(records)
     assert t5.header == ["fusion", "baseline", "remix decouple", "remix reassemble", "remix full"]
@@ -179,12 +183,15 @@ def test_paper_numbers_and_gains_beside_ours(records):
     assert ("| fusion | baseline | paper baseline (CREMA-D / KS) | remix | paper remix (CREMA-D / KS) | gain (points) "
             "| paper gain (CREMA-D / KS) |") in md1
     assert (f"| concat | 75.00 ± 7.07 (n=2) | {both('1', 'concat', 'acc')} | 88.00 ± 2.83 (n=2) | "
-            f"{both('1', 'concat+remix', 'acc')} | +13.00 | {gain('1', 'concat+remix', 'concat')} |") in md1
+            f"{both('1', 'concat+remix', 'acc')} | +13.00 ± 4.24 | {gain('1', 'concat+remix', 'concat')} |") in md1
     assert f"| film | — | {both('1', 'film', 'acc')} | — | — | — | — |" in md1  # the paper's row, no run of ours
     md2 = tables.markdown(tables.table2(records))
     assert (f"| remix | concat | 88.00 ± 2.83 (n=2) | {both('2', 'remix', 'acc')} | 50.00 ± 7.07 (n=2) | "
-            f"65.00 ± 7.07 (n=2) | 1.38 ± 0.18 (n=2) | {both('2', 'remix', 'factor')} | +13.00 | "
-            f"{gain('2', 'remix', 'baseline')} |") in md2
+            f"65.00 ± 7.07 (n=2) | 1.38 ± 0.18 (n=2) | {both('2', 'remix', 'factor')} | +13.00 ± 4.24 | "
+            f"{gain('2', 'remix', 'baseline')} | +13.00 ± 4.24 | {gain('2', 'remix', 'baseline')} |") in md2
+    # X + Remix over X, the paper's too: mla_remix over mla
+    assert f"| mla_remix | — | — | {both('2', 'mla_remix', 'acc')} |" in md2
+    assert md2.count(gain('2', 'mla_remix', 'mla')) == 1
     assert f"| mla | — | — | {both('2', 'mla', 'acc')} |" in md2
     md3 = tables.markdown(tables.table3(records))
     assert f"| 9.00 ± 0.00 (n=2) | {both('3', 'remix', 'seconds', '.0f')} | 1.50 | {ratio('remix')} |" in md3
@@ -357,7 +364,14 @@ def test_grid_then_tables_end_to_end(project):
     assert again.returncode == 0 and (project / "again" / "tables.md").read_text() == md, again.stderr
     cells = [tables.fmt(tables.Stat.of([acc[m, 0], acc[m, 1]]), 100) for m in ("baseline", "remix")]
     gain = (acc["remix", 0] + acc["remix", 1] - acc["baseline", 0] - acc["baseline", 1]) / 2 * 100
-    assert f"| concat | {cells[0]} | 60.00 / — | {cells[1]} | 61.50 / — | {gain:+.2f} | +1.50 / — |" in md, md
+    row = next(line for line in md.split("## Table 2")[0].splitlines() if line.startswith("| concat |"))
+    assert row.startswith(f"| concat | {cells[0]} | 60.00 / — | {cells[1]} | 61.50 / — | {gain:+.2f} ± "), md
+    lo, hi = (float(x) for x in row.split("[")[1].split("]")[0].split(","))  # the bootstrap interval over clips
+    assert lo <= gain <= hi and row.endswith(f"{'*' if lo > 0 or hi < 0 else ''} | +1.50 / — |"), row
+    saved = tables.load_records(project / "out" / "records.json")  # each run's per-clip predictions were read
+    for r in saved:
+        assert len(r.clip_keys) == r.metrics["samples"] and r.right["fused"].count("1") == round(
+            r.metrics["acc_fused"] * r.metrics["samples"]), r.name
     assert cells[0].endswith("(n=2)")
     t3 = md.split("## Table 3")[1].split("## Table 4")[0]
     row = next(line for line in t3.splitlines() if line.startswith("| baseline | concat |"))

@@ -27,6 +27,9 @@ from train.fusions import build_model
 from train.inference import accuracies, imbalance_ratio, pick_device, predict
 
 
+PREDICTIONS = "predictions.csv"  # in runs/<method>/eval/: one row per test clip
+
+
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     """Unweighted mean over the model's classes 0..C-1 of each class's F1 = 2 TP / (2 TP + FP + FN).
 
@@ -95,15 +98,29 @@ def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split
                "num_classes": num_classes, "chance": 1.0 / num_classes,
                **{f"acc_{k}": v for k, v in acc.items()}, "macro_f1": macro_f1(y, y_hat, num_classes),
                "imbalance_ratio": imbalance_ratio(acc, mods, num_classes)}
-    write_outputs(run_dir, metrics, [index.class_names[i] for i in y], [index.class_names[i] for i in y_hat])
+    names = list(index.class_names)
+    rows = [{"key": str(index.keys[r]), "label": names[y[i]], "fused": names[y_hat[i]],
+             **{m: names[int(pred[m][i].argmax())] for m in mods}} for i, r in enumerate(ds.rows)]
+    write_outputs(run_dir, metrics, rows)
     return strict_json_value(metrics)
 
 
-def write_outputs(run_dir: Path, metrics: dict, actual: list[str], predicted: list[str]) -> None:
-    """``run_dir/eval`` (dvclive's confusion matrix), replaced only when complete, then ``run_dir/metrics.json``."""
+def write_outputs(run_dir: Path, metrics: dict, rows: list[dict[str, str]]) -> None:
+    """``run_dir/eval``: dvclive's confusion matrix and ``predictions.csv`` (one row per clip: key, label, the
+    fused and each modality's predicted class), replaced only when complete; then ``run_dir/metrics.json``.
+
+    The per-clip predictions are what paired comparisons between runs on the same test clips need
+    (:mod:`experiments.stats`: bootstrap intervals over clips)."""
+    import csv
+
     from dvclive import Live
 
     with staged_dir(run_dir / "eval") as tmp:
         with Live(str(tmp), save_dvc_exp=False, dvcyaml=None) as live:
-            live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
+            live.log_sklearn_plot("confusion_matrix", [r["label"] for r in rows], [r["fused"] for r in rows],
+                                  name="confusion_matrix.json")
+        with open(tmp / PREDICTIONS, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     write_json_strict(run_dir / "metrics.json", metrics)

@@ -1,4 +1,5 @@
 """Training for real on tiny generated data (CPU): warm-up and remix epochs, scores file, metrics."""
+import csv
 import json
 
 import numpy as np
@@ -45,6 +46,12 @@ def test_remix_trains_and_scores_every_epoch(cremad_raw, tmp_path_factory, tmp_p
     assert on_disk == metrics and metrics["epoch"] == best["epoch"] and metrics["split"] == "test"
     assert {"acc_fused", "acc_audio", "acc_video", "macro_f1", "imbalance_ratio"} <= metrics.keys()
     assert (tmp_path / "remix" / "eval" / "plots" / "sklearn" / "confusion_matrix.json").exists()
+    with open(tmp_path / "remix" / "eval" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))  # one row per test clip, in index order: what paired bootstraps read
+    test_keys = IndexReader(features / "index.h5")
+    assert [r["key"] for r in rows] == [str(test_keys.keys[i]) for i in test_keys.indices("test")]
+    for col in ("fused", "audio", "video"):
+        assert np.mean([r[col] == r["label"] for r in rows]) == pytest.approx(metrics[f"acc_{col}"])
 
 
 @pytest.mark.parametrize("scoring,passes", [("pass", 2), ("online", 0)])
