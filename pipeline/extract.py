@@ -130,8 +130,8 @@ def process_clip(rec: ClipRecord, cfg: F.FeatureConfig, num_classes: int) -> Cli
         ("cls", str(rec.label).encode()),
         ("mel.npy", F.encode_npy(mel)),
     ]
-    for i, frame in enumerate(frames):
-        members.append((f"frame{i}.jpg", F.encode_jpeg(F.resize_short_side(frame, cfg.short_side), cfg.jpeg_quality)))
+    frame_members = cfg.members[len(members):]  # frame<i>.jpg (JPEG) or frame<i>.npy (raw uint8)
+    members += [(m, cfg.encode_frame(frame)) for m, frame in zip(frame_members, frames)]
     return ClipFeatures(shard_key(rec.clip_id), tuple(members))
 
 
@@ -314,6 +314,7 @@ def _stats(index: IndexReader, rejects: Sequence[Reject], n_clips: int, timings:
         "samples_per_class": per_class,
         "shards": shards,
         "bytes": {**nbytes, "total": int(sum(nbytes.values()))},
+        "frame_codec": index.feature_params.get("frame_codec", "jpeg"),
         "rejects": {
             "count": len(rejects),
             "fraction": round(len(rejects) / max(n_clips, 1), 6),

@@ -1,6 +1,9 @@
-"""Feature settings and the per-clip feature computation (frames -> JPEG, audio -> log-mel).
+"""Feature settings and the per-clip feature computation (frames -> JPEG or raw uint8, audio -> log-mel).
 
 Shapes: T frames, H/W pixels, S audio samples, F mel bins, L mel frames.
+
+A frame member's extension says how it is encoded (:data:`pipeline.shards.FRAME_EXTENSIONS`): ``frame<i>.jpg`` is a JPEG,
+``frame<i>.npy`` a raw uint8 [H, W, 3] array in .npy format, so a shard set describes itself.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import math
 import numpy as np
 
 from pipeline.params import Config, ConfigError, setting
+from pipeline.shards import FRAME_EXTENSIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +35,7 @@ class FeatureConfig(Config):
     n_mels: int = setting(64, min=1)
     f_min: float = setting(0.0, min=0.0)
     f_max: float = setting(8000.0, min=0.0, min_exclusive=True)
+    frame_codec: str = setting("jpeg", choices=tuple(FRAME_EXTENSIONS))
 
     def check(self) -> None:
         if self.hop_length > self.n_fft:
@@ -53,7 +58,15 @@ class FeatureConfig(Config):
     @property
     def members(self) -> tuple[str, ...]:
         """Tar member extensions of one sample, in the order they are written."""
-        return ("json", "cls", "mel.npy") + tuple(f"frame{i}.jpg" for i in range(self.num_frames))
+        ext = FRAME_EXTENSIONS[self.frame_codec]
+        return ("json", "cls", "mel.npy") + tuple(f"frame{i}.{ext}" for i in range(self.num_frames))
+
+    def encode_frame(self, frame: np.ndarray) -> bytes:
+        """One decoded [H, W, 3] uint8 frame -> its stored member: resized to ``short_side``, then JPEG or .npy."""
+        img = resize_short_side(frame, self.short_side)
+        if self.frame_codec == "raw":
+            return encode_npy(np.asarray(img, dtype=np.uint8))
+        return encode_jpeg(img, self.jpeg_quality)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ shard_sha256      P str        hex SHA-256 of the file
 ================  ===========  ===========================================================
 
 Attributes: ``format_version`` (int), ``splits``, ``members`` (member extensions in
-order, e.g. ``["json", "cls", "mel.npy", "frame0.jpg", ...]``), ``class_names``,
+order, e.g. ``["json", "cls", "mel.npy", "frame0.jpg", ...]``; raw frames: ``frame0.npy``, ...), ``class_names``,
 ``feature_params`` (the ``features`` params as JSON). Rows are ordered by split, shard
 number and position, so the file's bytes depend only on its content.
 """
@@ -53,6 +53,17 @@ from pipeline.manifest import SPLITS
 
 FORMAT_VERSION = 1
 TAR_MTIME = 0  # every member's mtime: the bytes must not depend on when they were written
+# features.frame_codec -> the extension of its frame members ``frame<i>.<ext>``: a JPEG, or a raw uint8
+# [H, W, 3] array in .npy format. Readers dispatch on the extension, so a shard set describes itself.
+FRAME_EXTENSIONS = {"jpeg": "jpg", "raw": "npy"}
+
+
+def frame_codec_of(member: str) -> str | None:
+    """``frame2.jpg`` -> ``jpeg``, ``frame0.npy`` -> ``raw``; None for a member that is no frame."""
+    stem, _, ext = member.partition(".")
+    if not (stem.startswith("frame") and stem[len("frame"):].isdigit()):
+        return None
+    return {e: c for c, e in FRAME_EXTENSIONS.items()}.get(ext)
 
 
 def shard_name(split: str, number: int) -> str:
@@ -256,6 +267,20 @@ class IndexReader:
             if content and sha256_file(path) != self.shard_sha256[j]:
                 raise ValueError(f"{path}: SHA-256 differs from the one in {self.path}: the shard and the index "
                                  f"come from different extractions, or the shard is corrupt")
+
+    @property
+    def frame_members(self) -> tuple[str, ...]:
+        """The frame members (``frame<i>.jpg`` or ``frame<i>.npy``), in frame order."""
+        frames = [m for m in self.members if frame_codec_of(m) is not None]
+        return tuple(sorted(frames, key=lambda m: int(m.partition(".")[0][len("frame"):])))
+
+    @property
+    def frame_codec(self) -> str:
+        """``jpeg`` or ``raw``: how the frames are stored, read from the members' extensions (one codec per set)."""
+        codecs = {frame_codec_of(m) for m in self.frame_members}
+        if len(codecs) != 1:
+            raise ValueError(f"{self.path}: members {self.members} hold no frames or mix frame codecs {sorted(codecs)}")
+        return codecs.pop()
 
     def indices(self, split: str) -> np.ndarray:
         """Row numbers of one split, in index order."""

@@ -28,10 +28,13 @@ Frame transforms (torchvision.transforms.v2 functional ops, on the [T, 3, H, W] 
   (``torch.manual_seed`` in the main process makes a run reproducible).
 - eval: resize the short side to S (aspect kept), then center crop S x S: deterministic.
 
+Frames are stored as JPEG (``frame<i>.jpg``) or raw uint8 arrays (``frame<i>.npy``, ``features.frame_codec:
+raw``); the reader dispatches on the members' extensions (:func:`frame_payload`, :func:`decode_payloads`).
 Decoding is on the CPU by default. ``gpu_decode=True`` decodes the JPEGs with
 ``torchvision.io.decode_jpeg(device="cuda")`` and transforms them there, only when
 ``torch.cuda.is_available()``; it needs ``workers=0`` (CUDA does not work in forked
-DataLoader workers) and the item's ``frames`` then lie on the GPU.
+DataLoader workers) and the item's ``frames`` then lie on the GPU. For decoding on the GPU with
+workers, see :mod:`train.gpu_batch` (workers read bytes, the main process decodes whole batches).
 """
 from __future__ import annotations
 
@@ -103,6 +106,46 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
     return TF.normalize(TF.to_dtype(frames, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
 
 
+def frame_payload(data: bytes, codec: str) -> torch.Tensor:
+    """A stored frame member -> what is left to decode: JPEG: its bytes as uint8 [N]; raw: the uint8 [H, W, 3]
+    frame itself (the .npy header parsed, no decoding)."""
+    if codec == "raw":
+        frame = np.load(io.BytesIO(data), allow_pickle=False)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"raw frame member: expected uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
+        return torch.from_numpy(frame)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def decode_payloads(payloads: list[torch.Tensor], codec: str, device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Frame payloads (:func:`frame_payload`) -> uint8 [3, H, W] frames on ``device``. JPEG on CUDA: one batched
+    ``decode_jpeg`` call for the whole list; on the CPU: one image at a time."""
+    device = torch.device(device)
+    if codec == "raw":
+        return [p.to(device, non_blocking=True).permute(2, 0, 1) for p in payloads]
+    if device.type == "cuda":
+        return decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device)
+    return [decode_jpeg(p, mode=ImageReadMode.RGB) for p in payloads]
+
+
+def parse_item(item: tuple[int, ...] | int) -> tuple[int, int, int, int]:
+    """A dataset item -> (i, m, epoch, copy): ``(i, m, epoch, copy)`` or ``(i, m, epoch)`` from the sampler,
+    ``(i, m)`` (epoch 0) or ``i`` (multimodal, epoch 0); copy 0 when absent."""
+    if isinstance(item, (tuple, list)):
+        i, m = int(item[0]), int(item[1])
+        epoch = int(item[2]) if len(item) > 2 else 0
+        copy = int(item[3]) if len(item) > 3 else 0
+        return i, m, epoch, copy
+    return int(item), MULTIMODAL, 0, 0
+
+
+def augmentation_generator(seed: int, epoch: int, i: int, copy: int = 0) -> torch.Generator:
+    """A CPU generator seeded by (seed, epoch, i[, copy]): :meth:`ShardDataset.augmentation_generator`."""
+    entropy = [seed, epoch, i] if copy == 0 else [seed, epoch, i, copy]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
+
+
 def decode_mel(data: bytes) -> np.ndarray:
     """``mel.npy`` bytes -> the stored float16 [F, L] array."""
     return np.load(io.BytesIO(data), allow_pickle=False)
@@ -137,10 +180,10 @@ class ShardDataset(torch.utils.data.Dataset):
         self.frame_size = int(frame_size)
         self.mel_mean, self.mel_std = float(mel_mean), float(mel_std)
         self.rows = index.indices(split)  # [N] index rows of the split, in index order
-        self.frame_members = tuple(m for m in index.members if m.startswith("frame") and m.endswith(".jpg"))
-        self.frame_members = tuple(sorted(self.frame_members, key=lambda m: int(m[len("frame"):-len(".jpg")])))
+        self.frame_members = tuple(index.frame_members)
         if MEL_MEMBER not in index.members or not self.frame_members:
             raise ValueError(f"{index.path}: members {index.members} lack {MEL_MEMBER} or frames")
+        self.frame_codec = index.frame_codec  # jpeg | raw, from the members' extensions
         if gpu_decode and not torch.cuda.is_available():
             warnings.warn("gpu_decode=True but CUDA is not available: decoding JPEGs on the CPU", stacklevel=2)
         self.gpu_decode = bool(gpu_decode) and torch.cuda.is_available()
@@ -165,13 +208,22 @@ class ShardDataset(torch.utils.data.Dataset):
         return len(self.frame_members)
 
     def decode_frames(self, members: dict[str, bytes]) -> torch.Tensor:
-        """The sample's JPEG members -> uint8 [T, 3, H, W] (on the GPU with ``gpu_decode``)."""
-        data = [torch.frombuffer(bytearray(members[m]), dtype=torch.uint8) for m in self.frame_members]
-        if self.gpu_decode:
-            if torch.utils.data.get_worker_info() is not None:
-                raise RuntimeError("gpu_decode needs workers=0: CUDA cannot be used in DataLoader workers")
-            return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda"))
-        return torch.stack([decode_jpeg(d, mode=ImageReadMode.RGB) for d in data])
+        """The sample's frame members (JPEG or raw) -> uint8 [T, 3, H, W] (on the GPU with ``gpu_decode``)."""
+        data = [frame_payload(members[m], self.frame_codec) for m in self.frame_members]
+        if self.gpu_decode and torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError("gpu_decode needs workers=0: CUDA cannot be used in DataLoader workers")
+        return torch.stack(decode_payloads(data, self.frame_codec, "cuda" if self.gpu_decode else "cpu"))
+
+    def read_item(self, item: tuple[int, ...] | int) -> tuple[int, int, int, int, int, dict[str, bytes], torch.Tensor]:
+        """(i, m, epoch, copy, row, members, mel): the item's sample read (one open, one seek per member) and its
+        mel decoded and normalised to float32 [1, F, L]; the frames are left as bytes."""
+        i, m, epoch, copy = parse_item(item)
+        if not 0 <= i < len(self.rows):
+            raise IndexError(f"sample {i} out of range for the {len(self.rows)} samples of split {self.split!r}")
+        row = int(self.rows[i])
+        members = self.index.read_sample(row)
+        mel = torch.from_numpy(decode_mel(members[MEL_MEMBER]).astype(np.float32))
+        return i, m, epoch, copy, row, members, ((mel - self.mel_mean) / self.mel_std).unsqueeze(0)
 
     def transform_frames(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> float32 [T, 3, S, S] with this dataset's (train or eval) transform."""
@@ -183,26 +235,12 @@ class ShardDataset(torch.utils.data.Dataset):
         """The random stream of sample ``i``'s training augmentation in ``epoch``: a function of
         (seed, epoch, i) alone, so a resumed run, any worker count and any rank draw the same crops.
         ``copy`` > 0: the stream of the sample's extra copy in the epoch (Resample), a different one."""
-        entropy = [self.seed, epoch, i] if copy == 0 else [self.seed, epoch, i, copy]
-        state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
-        return torch.Generator().manual_seed(int(state >> np.uint64(1)))
+        return augmentation_generator(self.seed, epoch, i, copy)
 
     def __getitem__(self, item: tuple[int, ...] | int) -> dict:
         """``item``: ``(i, m, epoch)`` from the sampler, ``(i, m, epoch, copy)`` (its copy number with
         repeats), ``(i, m)`` (epoch 0) or ``i`` (multimodal, epoch 0)."""
-        copy = 0
-        if isinstance(item, (tuple, list)):
-            i, m = int(item[0]), int(item[1])
-            epoch = int(item[2]) if len(item) > 2 else 0
-            copy = int(item[3]) if len(item) > 3 else 0
-        else:
-            i, m, epoch = int(item), MULTIMODAL, 0
-        if not 0 <= i < len(self.rows):
-            raise IndexError(f"sample {i} out of range for the {len(self.rows)} samples of split {self.split!r}")
-        row = int(self.rows[i])
-        members = self.index.read_sample(row)
-        mel = torch.from_numpy(decode_mel(members[MEL_MEMBER]).astype(np.float32))
-        mel = ((mel - self.mel_mean) / self.mel_std).unsqueeze(0)  # [1, F, L]
+        i, m, epoch, copy, row, members, mel = self.read_item(item)  # mel: [1, F, L]
         generator = self.augmentation_generator(epoch, i, copy) if self.train else None
         frames = self.transform_frames(self.decode_frames(members), generator)  # [T, 3, S, S]
         return {"mel": mel, "frames": frames, "label": int(self.index.label[row]), "index": i, "modality": m}
