@@ -44,3 +44,18 @@ def test_epoch_cost_small_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| remix, input mask + skip + online |" in out.stdout and "epoch / baseline epoch" in out.stdout
     assert (tmp_path / "epoch_cost_small.json").exists()
+
+
+def test_gpu_check_small_runs_every_path_without_cuda(tmp_path):
+    """The GPU check's CPU mode (the same cells; the CUDA-only ones say so): what CI can run of it."""
+    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--small", "--out", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for cell in ("step alone, float32", "loader + step, cpu decode", "loader + step, gpu decode",
+                 "loader + step, raw frames"):
+        assert f"| {cell}" in out.stdout, cell
+    assert "DDP smoke (gloo, 1 process): ok" in out.stdout or "DDP smoke (nccl, 1 process): ok" in out.stdout
+    import json
+
+    res = json.loads((tmp_path / "gpu_check_small.json").read_text())["results"]
+    assert all(c["samples_per_s"] > 0 and c["vs_step"] > 0 for c in res["loader"].values())
