@@ -40,7 +40,7 @@ SPACE = {  # method -> (fusion tuned on, its main knob, two values); with LRS: 4
     "baseline": ("concat", "train.weight_decay", (0.0001, 0.01)),
     "remix": ("concat", "train.warmup_epochs", (4, 6)),
     "ogm_ge": ("concat", f"{MP}.ogm_ge.alpha", (0.4, 0.8)),
-    "pmr": ("concat", f"{MP}.pmr.alpha", (1.0, 2.0)),
+    "pmr": ("concat", f"{MP}.pmr.alpha", (0.5, 1.0)),
     "gblend": ("concat", f"{MP}.gblend.super_epoch", (2, 4)),
     "resample": ("concat", f"{MP}.resample.scale", (1.0, 2.0)),
     "mla": ("concat", f"{MP}.mla.alpha", (0.1, 1.0)),

@@ -78,6 +78,61 @@ def test_prototypes_are_class_means_in_eval_mode_then_blended():
     np.testing.assert_allclose(method.prototypes.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_prototypes_use_batch_statistics_as_training_and_leave_the_model_unchanged():
+    """Issue 13: PCE compares training-mode features with the prototypes, so the prototype pass normalises with
+    each batch's BatchNorm statistics (not the lagging running ones, as eval mode did), and leaves the running
+    statistics, their count and the train/eval mode as they were."""
+    torch.manual_seed(0)
+    model = AVModel({m: nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)) for m in ("a", "v")}, feature_dim=2,
+                    num_classes=2, fusion=ConcatFusion).train()
+    x = {m: 3.0 + 2.0 * torch.randn(8, 3) for m in ("a", "v")}  # far from the fresh running stats (0, 1)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1])
+    loader = [{"a": x["a"][:4], "v": x["v"][:4], "label": labels[:4]},
+              {"a": x["a"][4:], "v": x["v"][4:], "label": labels[4:]}]
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    method = pmr(num_classes=2)
+    method.epoch_start(0, make_ctx(model, method, loader))
+
+    expected = np.zeros((2, 2, 2))  # [K, C, D] by hand: each batch normalised with its own mean and variance
+    for j, m in enumerate(("a", "v")):
+        lin, bn = model.encoders[m]
+        feats = []
+        for b in loader:
+            h = b[m] @ lin.weight.detach().T + lin.bias.detach()  # [4, D]
+            h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn.eps) * bn.weight.detach() + bn.bias.detach()
+            feats.append(h)
+        feats = torch.cat(feats).numpy()
+        for c in range(2):
+            expected[j, c] = feats[labels.numpy() == c].mean(0)
+    np.testing.assert_allclose(method.prototypes.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert model.training and all(mod.training for mod in model.modules())
+    for k, b in model.named_buffers():  # running statistics and num_batches_tracked untouched
+        assert torch.equal(b, before[k]), k
+    model.eval()  # a model in eval mode stays in eval mode
+    method.epoch_start(1, make_ctx(model, method, loader))
+    assert not any(mod.training for mod in model.modules())
+
+
+def test_prototype_norm_running_is_the_official_eval_mode_pass():
+    torch.manual_seed(0)
+    model = AVModel({m: nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)) for m in ("a", "v")}, feature_dim=2,
+                    num_classes=2, fusion=ConcatFusion).train()
+    x = {m: 3.0 + 2.0 * torch.randn(8, 3) for m in ("a", "v")}
+    labels = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1])
+    loader = [{"a": x["a"], "v": x["v"], "label": labels}]
+    model.eval()
+    with torch.no_grad():
+        feats = model(x).features  # eval mode: BatchNorm on its running statistics
+    model.train()
+    method = pmr(num_classes=2, prototype_norm="running")
+    method.epoch_start(0, make_ctx(model, method, loader))
+    expected = np.stack([[feats[m][labels == c].mean(0).numpy() for c in range(2)] for m in ("a", "v")])
+    np.testing.assert_allclose(method.prototypes.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert model.training
+    with pytest.raises(ValueError, match="prototype_norm"):
+        pmr(prototype_norm="eval")
+
+
 def entropy(p: list[float]) -> float:
     return -sum(q * math.log(q) for q in p)
 
