@@ -23,6 +23,7 @@ import difflib
 import functools
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -247,6 +248,16 @@ def from_mapping(cls: type[C], mapping: Mapping[str, Any], section: str) -> C:
     return obj
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1) that also reads YAML 1.2's floats without a dot, such as ``5e-05``, as
+    floats: DVC (ruamel, YAML 1.2) writes a small float that way after ``dvc exp run -S train.lr=5.0e-05``,
+    and YAML 1.1 would read it as the string ``'5e-05'``."""
+
+
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read params.yaml as a dict of sections (raw mappings); a section not in :data:`SECTIONS` fails.
 
@@ -260,7 +271,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
                                 f"holds params.yaml and dvc.yaml{project}, e.g. `cd {here if project else '<project>'}"
                                 f" && dvc repro`")
     with open(path, encoding="utf-8") as f:
-        params = yaml.safe_load(f) or {}
+        params = yaml.load(f, Loader=ParamsLoader) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{path}: expected a mapping of sections, got {type(params).__name__}")
     unknown = [s for s in params if s not in SECTIONS]

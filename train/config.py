@@ -9,6 +9,7 @@ import dataclasses
 
 from pipeline.params import Config, ConfigError, from_mapping, setting
 from train import fusions
+from train.loaders import DECODES
 from train.methods import check_method_name, registry
 
 
@@ -27,8 +28,10 @@ class TrainConfig(Config):
     batch_size: int = setting(32, min=1)
     lr: float = setting(1e-3, min=0.0, min_exclusive=True)
     weight_decay: float = setting(1e-4, min=0.0)
-    optimizer: str = setting("adamw", choices=("adamw", "sgd"))
-    schedule: str = setting("cosine", choices=("cosine", "constant"))
+    optimizer: str = setting("adamw", choices=("adamw", "adam", "sgd"))
+    schedule: str = setting("cosine", choices=("cosine", "step", "constant"))
+    step_epochs: int = setting(30, min=1)
+    step_gamma: float = setting(0.1, min=0.0, max=1.0, min_exclusive=True)
     alpha: float = setting(0.5, min=0.0)
     baseline_loss: str = setting("fused", choices=("fused", "eq1"))
     gamma: float = setting(1.0, min=0.0)
@@ -44,6 +47,7 @@ class TrainConfig(Config):
     frame_size: int = setting(80, min=1)
     workers: int = setting(2, min=0)
     device: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    decode: str = setting("sample", choices=DECODES)
     checkpoint_every: int = setting(50, min=0)
     nproc: int = setting(1, min=1)
     backend: str = setting("auto", choices=("auto", "gloo", "nccl"))

@@ -276,10 +276,17 @@ def to_inputs(batch: dict, modalities: list[str], device: torch.device) -> dict[
     return {m: batch[BATCH_KEYS.get(m, m)].to(device, non_blocking=True) for m in modalities}
 
 
-def multimodal_loader(dataset: ShardDataset, *, batch_size: int, workers: int, num_modalities: int, seed: int = 0):
-    """A loader over a whole split with every modality present (evaluation and scoring passes)."""
+def whole_split_sampler(dataset: ShardDataset, *, batch_size: int, num_modalities: int,
+                        seed: int = 0) -> RemixBatchSampler:
+    """The batches of a whole split with every modality present (evaluation and scoring passes)."""
     sampler = RemixBatchSampler(dataset.shard_ids(), batch_size=batch_size, drop_last=False, seed=seed)
     sampler.set_assignment(None, num_modalities)
+    return sampler
+
+
+def multimodal_loader(dataset: ShardDataset, *, batch_size: int, workers: int, num_modalities: int, seed: int = 0):
+    """A loader over a whole split with every modality present (evaluation and scoring passes)."""
+    sampler = whole_split_sampler(dataset, batch_size=batch_size, num_modalities=num_modalities, seed=seed)
     return make_loader(dataset, sampler, workers=workers)
 
 

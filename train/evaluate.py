@@ -21,7 +21,7 @@ from pipeline.fileio import staged_dir, strict_json_value, write_json_strict
 from pipeline.shards import IndexReader
 from train.checkpoint import dataset_fingerprint
 from train.config import TrainConfig
-from train.data import ShardDataset, multimodal_loader
+from train import loaders
 from train.methods import build_method
 from train.fusions import build_model
 from train.inference import accuracies, imbalance_ratio, pick_device, predict
@@ -88,9 +88,9 @@ def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split
     method = build_method(ckpt["method"], cfg, mods, num_classes, cfg.method_params)
     model = method.prepare_model(build_model(mods, num_classes, cfg.width, cfg.fusion)).to(device)
     model.load_state_dict(ckpt["model"])
-    ds = ShardDataset(index, split, train=False, frame_size=cfg.frame_size, mel_mean=ckpt["mel_mean"],
-                      mel_std=ckpt["mel_std"])
-    loader = multimodal_loader(ds, batch_size=64, workers=cfg.workers, num_modalities=len(mods))
+    ds = loaders.dataset(index, split, cfg.decode, train=False, frame_size=cfg.frame_size, mel_mean=ckpt["mel_mean"],
+                         mel_std=ckpt["mel_std"])
+    loader = loaders.whole_split_loader(ds, batch_size=64, workers=cfg.workers, num_modalities=len(mods), device=device)
     pred = predict(model, loader, mods, device, cfg.unimodal_pred, method=method)
     acc = accuracies(pred, mods)
     y, y_hat = pred["label"], pred["fused"].argmax(1)

@@ -149,6 +149,23 @@ def decode_batch(batch: dict, decoder: BatchDecoder, device: str | torch.device)
     return out
 
 
+@dataclasses.dataclass
+class DecodedLoader:
+    """A byte loader (:func:`make_bytes_loader`) whose batches come out decoded on ``device`` through
+    :func:`prefetch`: iterated like the per-sample loader (same batch keys), so whatever iterates a loader (the
+    training loop, :func:`train.inference.predict`, a method's pass over ``ctx.loaders``) needs no change."""
+
+    loader: torch.utils.data.DataLoader
+    decode: Callable[[dict, torch.device], dict]
+    device: torch.device
+
+    def __iter__(self) -> Iterator[dict]:
+        return prefetch(self.loader, self.decode, self.device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 def prefetch(batches: Iterable[dict], decode: Callable[[dict, torch.device], dict],
              device: str | torch.device) -> Iterator[dict]:
     """Yield ``decode(batch, device)`` for each batch, one batch ahead on CUDA: batch n+1's decode is queued

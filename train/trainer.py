@@ -17,9 +17,9 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +31,12 @@ from tqdm import tqdm
 from pipeline.fileio import dumps_strict, write_json_strict
 from pipeline.params import ConfigError
 from pipeline.shards import IndexReader
-from train import checkpoint, distributed
+from train import checkpoint, distributed, loaders
 from train.config import TrainConfig, batch_vs_world
-from train.data import ShardDataset, estimate_mel_stats, make_loader, multimodal_loader, to_inputs
+from train.data import estimate_mel_stats, to_inputs
 from train.diagnostics import angle_row, gradient_angle, own_gradient
 from train.inference import accuracies, autocast, imbalance_ratio, pick_device, predict
+from train.optim import build_optimizer
 from train.methods import Context, EpochPlan, Method, build_method, check_method_name
 from train.fusions import build_model
 from train.sampler import RemixBatchSampler
@@ -74,10 +75,10 @@ class Run:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     sampler: RemixBatchSampler
-    loader: torch.utils.data.DataLoader
+    loader: Iterable[dict]  # the training batches (train/loaders.py)
     ctx: Context
     meta: dict  # saved with the selected model: class names, mel statistics, fingerprint
-    progress: list  # [share of training done after the current step], for the cosine schedule of copies
+    progress: list  # [epochs done after the current step, fractional]: what the schedule reads (train/optim.py)
 
     @property
     def mods(self) -> list[str]:
@@ -169,7 +170,7 @@ def _train_batch(run: Run, state: RunState, batch: dict) -> float:
         loss, n_global = _optimizer_step(run, state, inputs, y, m_code, part, batch)
         state.losses.append(loss)
     epochs_done = state.epoch + (state.step + 1) / max(len(run.sampler) + run.sampler.start, 1)
-    run.progress[0] = epochs_done / run.cfg.epochs
+    run.progress[0] = epochs_done
     run.sched.step()
     state.step += 1
     state.global_step += 1
@@ -281,23 +282,24 @@ def _setup(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfi
     key = checkpoint.run_key(cfg, name, seed, fingerprint)
     saved = checkpoint.load_resume(work_dir, key, d.world_size)
     mel_mean, mel_std = estimate_mel_stats(index, "train")
-    ds = {s: ShardDataset(index, s, train=(s == "train"), frame_size=cfg.frame_size, mel_mean=mel_mean,
-                          mel_std=mel_std, seed=seed) for s in ("train", "val")}
-    score_ds = ShardDataset(index, "train", train=False, frame_size=cfg.frame_size, mel_mean=mel_mean, mel_std=mel_std)
+    ds = {s: loaders.dataset(index, s, cfg.decode, train=(s == "train"), frame_size=cfg.frame_size,
+                             mel_mean=mel_mean, mel_std=mel_std, seed=seed) for s in ("train", "val")}
+    score_ds = loaders.dataset(index, "train", cfg.decode, train=False, frame_size=cfg.frame_size, mel_mean=mel_mean,
+                               mel_std=mel_std)
     for split, x in ds.items():
         if len(x) == 0:
             raise ValueError(f"{index.path}: the {split} split has no samples (check prepare.ratios / the split files)")
     sampler = RemixBatchSampler(ds["train"].shard_ids(), batch_size=cfg.batch_size, drop_last=cfg.drop_last,
                                 seed=seed, order=cfg.order, rank=d.rank, world_size=d.world_size)
-    loader = make_loader(ds["train"], sampler, workers=cfg.workers)
+    loader = loaders.loader(ds["train"], sampler, workers=cfg.workers, device=device)
     # validation and scoring: the WHOLE split on every rank (identical weights, identical results)
-    val_loader, score_loader = (multimodal_loader(x, batch_size=max(cfg.batch_size, 64), workers=cfg.workers,
-                                                  num_modalities=len(cfg.modalities), seed=seed)
+    val_loader, score_loader = (loaders.whole_split_loader(x, batch_size=max(cfg.batch_size, 64), workers=cfg.workers,
+                                                           num_modalities=len(cfg.modalities), device=device, seed=seed)
                                 for x in (ds["val"], score_ds))
     num_classes = len(index.class_names)
     method = build_method(name, cfg, list(cfg.modalities), num_classes, cfg.method_params)
     model = method.prepare_model(build_model(list(cfg.modalities), num_classes, cfg.width, cfg.fusion)).to(device)
-    opt, sched, progress = _optimizer(cfg, model, method, len(ds["train"]))
+    opt, sched, progress = build_optimizer(cfg, model, method.expands, len(ds["train"]))
     ctx = Context(config=cfg, modalities=list(cfg.modalities), num_classes=num_classes, device=device, model=model,
                   n_train=len(ds["train"]), train_labels=ds["train"].labels(),
                   loaders={"val": val_loader, "train_eval": score_loader},
@@ -323,23 +325,6 @@ def _take_over(work_dir: Path, saved: dict | None, d: distributed.Dist) -> None:
         checkpoint.clear(work_dir)
     if d.enabled:
         torch.distributed.barrier()
-
-
-def _optimizer(cfg: TrainConfig, model: torch.nn.Module, method: Method, n_train: int):
-    """AdamW or SGD, and the learning-rate schedule (cosine over steps, or over epoch progress with copies)."""
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, -(-n_train // cfg.batch_size))
-    progress = [0.0]  # share of training done after the current step (epochs, fractional)
-    if cfg.schedule == "cosine" and method.expands:  # epochs of unknown length (copies): cosine over epoch progress
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 0.5 * (1 + math.cos(math.pi * min(1.0, progress[0]))))
-    elif cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return opt, sched, progress
 
 
 def _restore(run: Run, saved: dict | None) -> RunState:

@@ -130,3 +130,12 @@ def test_extract_stage_fails_on_a_mistyped_key(tmp_path):
     out = subprocess.run([sys.executable, "-m", "stages.extract", "--params", "params.yaml"], cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert out.returncode != 0 and "features: unknown key(s) ['n_mel']" in out.stderr
+
+
+def test_floats_as_dvc_writes_them_load_as_floats(tmp_path):
+    """`dvc exp run -S train.lr=5.0e-05` writes `lr: 5e-05` (YAML 1.2); PyYAML alone would read a string."""
+    text = (REPO / "params.yaml").read_text().replace("  lr: 0.001  #", "  lr: 5e-05  #")
+    (tmp_path / "params.yaml").write_text(text.replace("  weight_decay: 0.0001  #", "  weight_decay: 1E+0  #"))
+    train = read_section(load_params(tmp_path / "params.yaml"), TrainConfig)
+    assert train.lr == 5e-05 and train.weight_decay == 1.0
+    assert yaml.safe_load("lr: 5e-05") == {"lr": "5e-05"}  # what it fixes
