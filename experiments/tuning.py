@@ -70,16 +70,24 @@ def tuning_specs(seed: int, methods: Iterable[str] = SPACE) -> list[grid.Spec]:
             for spec in grid.build_specs([m], [SPACE[m][0]], [seed], [*DATA, *as_sets(s)])]
 
 
+# per grid of experiments.grid.PAPER_GRIDS, the order its cells run in phase 2: Tables 2-3 first (the comparison
+# the tuning is for), then Tables 1 and 4, then Tables 5-6, then Figure 3; a grid stopped early loses the last
+PRIORITY = (1, 0, 0, 1, 2, 2, 2, 3, 3)
+
+
 def final_specs(chosen: dict[str, Setting], seeds: Sequence[int]) -> list[grid.Spec]:
     """Phase 2: every cell of :data:`experiments.grid.PAPER_GRIDS` at ``seeds``, each method at its chosen setting;
-    seed-major (every cell at the first seed, then the next) so a stopped grid leaves every table filled."""
+    by :data:`PRIORITY` (a cell shared by two grids: the earlier), then seed-major within it (every cell at the
+    first seed, then the next), so a stopped grid leaves the first tables filled at every seed."""
     specs: dict[str, grid.Spec] = {}
-    for methods, fusions, grid_sets in grid.PAPER_GRIDS:
+    rank: dict[str, int] = {}
+    for (methods, fusions, grid_sets), prio in zip(grid.PAPER_GRIDS, PRIORITY, strict=True):
         for m in methods:
             for s in grid.build_specs([m], fusions, seeds, [*DATA, *as_sets(chosen[m]), *grid_sets]):
                 specs.setdefault(s.name, s)
+                rank[s.name] = min(rank.get(s.name, prio), prio)
     order = {int(seed): i for i, seed in reversed(list(enumerate(seeds)))}
-    return sorted(specs.values(), key=lambda s: order[s.seed])
+    return sorted(specs.values(), key=lambda s: (rank[s.name], order[s.seed]))
 
 
 def _same(a: Any, b: Any) -> bool:

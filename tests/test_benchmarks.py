@@ -59,3 +59,15 @@ def test_gpu_check_small_runs_every_path_without_cuda(tmp_path):
 
     res = json.loads((tmp_path / "gpu_check_small.json").read_text())["results"]
     assert all(c["samples_per_s"] > 0 and c["vs_step"] > 0 for c in res["loader"].values())
+
+
+def test_preset_extract_and_reader_224_small_run(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/preset_extract.py", "--small"], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "cremad_paper" in out.stdout and "kinetics_sounds_paper" in out.stdout
+    out = subprocess.run([sys.executable, "benchmarks/reader_224.py", "--small", "--out", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| jpeg | per-sample |" in out.stdout and "| raw | bytes only |" in out.stdout
+    assert (tmp_path / "reader_224_small.json").exists()

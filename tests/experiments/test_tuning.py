@@ -68,7 +68,13 @@ def test_the_chosen_tuning_run_is_reused_at_its_seed():
     assert len(final) == len({s.name for s in final}) == 3 * len(grid.paper_specs([0]))
     remix = [s for s in final if s.method == "remix"]
     assert all(set(tuning.as_sets(chosen["remix"])) <= set(s.sets) for s in remix)  # every Remix cell at its choice
-    assert [s.seed for s in final] == sorted(s.seed for s in final)  # seed-major
+    # Tables 2-3 first, seed-major within them; then the other tables; Figure 3's runs (grad_angle) last
+    t23 = [s for s in final if not any(x.startswith(("train.ablation", "train.unimodal_pred", "train.grad_angle"))
+                                       for x in s.sets) and (s.fusion == "concat" or s.method == "greedy"
+                                                             or (s.method == "baseline" and s.fusion == "mmtm"))]
+    assert final[:len(t23)] == t23 and len(t23) == 3 * (len(tuning.SPACE) + 1)
+    assert [s.seed for s in t23] == sorted(s.seed for s in t23)
+    assert all("train.grad_angle=audio" in s.sets for s in final[-6:])
 
 
 @pytest.mark.parametrize("key", ["train.lr", tuning.SPACE["pmr"][1]])
