@@ -5,7 +5,9 @@ Usage (in the repository root; the two runs of panel (c), also queued by ``exper
 
     python -m experiments.grid --methods remix --fusions concat --seeds 0 1 2 --set train.grad_angle=audio
     python -m experiments.grid --methods remix --fusions concat --seeds 0 1 2 --set train.grad_angle=audio train.ablation=decouple
-    python -m experiments.figure3 [--modality audio] [--out results/paper_tables] [--all-commits]
+    python -m experiments.figure3 [--modality audio] [--out results/paper_tables] [--all-commits] [--records FILE]
+
+After :mod:`experiments.tuning`, each method's runs are those at its chosen setting (``tuning.final_view``).
 
 writes ``<out>/figure3.png`` and prints, per curve of (c), the mean angle over the remix epochs.
 
@@ -28,6 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from experiments import tuning
 from experiments.tables import Record, Stat, cli_records, latest_per_seed
 
 MEASURING = ("train.grad_angle",)  # overrides that measure without changing the run
@@ -118,8 +121,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--modalities", nargs="+", default=["audio", "video"], help="modalities of panel (a)")
     ap.add_argument("--out", default="results/paper_tables", help="folder for figure3.png")
     ap.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
+    ap.add_argument("--records", type=Path, help="read the runs from this records.json (experiments.tables "
+                    "writes it) instead of `dvc exp show`")
     args = ap.parse_args(argv)
-    records = cli_records("experiments.figure3", args.all_commits)
+    records = cli_records("experiments.figure3", args.all_commits, args.records, read=args.records is not None)
+    records = tuning.final_view(records, tuning.select(records))  # tuned: each method at its chosen setting
     curves = panels(records, args.modalities, args.modality)
     warm = [int(r.param("train.warmup_epochs")) for r in records if r.method == "remix"]
     warmup = max(set(warm), key=warm.count) if warm else None

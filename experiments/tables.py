@@ -60,6 +60,13 @@ Tables 1-4 take runs with train.ablation=full and train.unimodal_pred=heads; no 
 :mod:`experiments.figure3` (``train.grad_angle`` set: the same training, slower by a backward per step); a
 table with no run prints "no runs yet" and the grid that fills it.
 
+Tuned grids (:mod:`experiments.tuning`): when the records hold tuning runs, each method's setting is chosen on
+validation (:func:`experiments.tuning.select`), the tables take only the runs at the chosen settings (their tuned
+keys and the grid's data keys leave the row labels), and ``tables.md`` opens with the chosen-settings table.
+Gains (Tables 1, 2, 4, and Table 2's "remix over X" = X + Remix over X) are paired by seed with a 95 % bootstrap
+interval over the test clips and a ``*`` where it excludes zero (:mod:`experiments.stats`; the clips come from
+each run's ``runs/<method>/eval/predictions.csv``).
+
 The paper's numbers (:mod:`experiments.reference`, read from the paper's tables.csv): each of our columns is followed
 by ``paper <column> (CREMA-D / KS)`` where the paper has that column; each gain column (ours: over our baseline of
 the same fusion and overrides) by the paper's gain over its baseline; Table 3's ratio by the paper's time ratio.
