@@ -71,3 +71,11 @@ def test_preset_extract_and_reader_224_small_run(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| jpeg | per-sample |" in out.stdout and "| raw | bytes only |" in out.stdout
     assert (tmp_path / "reader_224_small.json").exists()
+
+
+def test_pmr_prototypes_small_runs(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/pmr_prototypes.py", "--small", "--out", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| running |" in out.stdout and "| batch |" in out.stdout
+    assert (tmp_path / "pmr_prototypes_small.json").exists()
