@@ -26,12 +26,10 @@ byte path, whose decode is the main process's or the GPU's), assuming one free c
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +40,8 @@ from pipeline.shards import IndexReader
 from train.data import ShardDataset, estimate_mel_stats, make_loader
 from train.gpu_batch import BatchDecoder, ShardBytesDataset, make_bytes_loader
 from train.sampler import RemixBatchSampler
+
+from loader import fmt, summary  # benchmarks/loader.py: median (min-max) cells, this script's folder on sys.path
 
 CODECS = ("jpeg", "raw")
 READERS = ("per-sample", "byte-batch", "bytes only")
@@ -114,16 +114,6 @@ def time_cells(cells: dict, repeats: int, epochs: int) -> list[dict]:
         order = names[r % len(names):] + names[:r % len(names)]
         reps.append({name: cells[name].run(epochs) for name in order})
     return reps
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
-
-
-def fmt(s: dict, digits: int = 0) -> str:
-    if len(s["values"]) == 1:
-        return f"{s['median']:.{digits}f}"
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
 
 
 def results(reps: list[dict], workers: list[int]) -> dict:
