@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import statistics
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from remix_quality import make_features  # noqa: E402
+from _results import write_results  # noqa: E402
 
 from pipeline.features import FeatureConfig  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
@@ -107,11 +107,7 @@ def main() -> None:
     lines += ["", "median [quartiles] over the timed epochs (baseline: all epochs; remix: remix epochs)"]
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "epoch_cost_small" if args.small else "epoch_cost"
-    (out / f"{stem}.md").write_text(text + "\n")
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.out, "epoch_cost", text, result, args.small)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline.shards import IndexReader  # noqa: E402
 from reader_224 import make_features  # noqa: E402
+from _results import write_results  # noqa: E402
 from train.data import ShardDataset, estimate_mel_stats, make_loader, to_inputs  # noqa: E402
 from train.fusions import build_model  # noqa: E402
 from train.gpu_batch import BatchDecoder, ShardBytesDataset, make_bytes_loader, prefetch  # noqa: E402
@@ -260,11 +260,7 @@ def main() -> None:
             "small": args.small}
     text = report(meta, res)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_check_small" if args.small else "gpu_check"
-    (out / f"{stem}.md").write_text(text + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": res}, indent=1) + "\n")
+    write_results(args.out, "gpu_check", text, {"meta": meta, "results": res}, args.small)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import os
 import platform
 import shutil
@@ -50,6 +49,8 @@ import torch
 from pipeline.shards import IndexReader
 from train.data import MEL_MEMBER, ShardDataset, estimate_mel_stats, make_loader
 from train.sampler import RemixBatchSampler
+
+from _results import write_results  # benchmarks/_results.py: this script's folder is on sys.path
 
 READERS = ("shards", "folder", "floor")
 
@@ -331,11 +332,7 @@ def main() -> None:
             "load_start": load_start, "load_end": os.getloadavg()[0], "nice": os.nice(0)}
     text = report(meta, reader, dvc)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "loader_small" if args.small else "loader"
-    (out / f"{stem}.md").write_text(text + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "reader": reader, "dvc": dvc}, indent=1) + "\n")
+    write_results(args.out, "loader", text, {"meta": meta, "reader": reader, "dvc": dvc}, args.small)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _results import write_results  # noqa: E402
+
 from pipeline.params import load_params  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.evaluate import evaluate  # noqa: E402
@@ -93,11 +95,7 @@ def main() -> None:
             "epochs": params["epochs"], "seeds": args.seeds}
     text = report(rows, meta, list(params["modalities"]))
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "pmr_prototypes_small" if args.small else "pmr_prototypes"
-    (out / f"{stem}.md").write_text(text + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
+    write_results(args.out, "pmr_prototypes", text, {"meta": meta, "runs": rows}, args.small)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ byte path, whose decode is the main process's or the GPU's), assuming one free c
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -42,6 +41,7 @@ from train.gpu_batch import BatchDecoder, ShardBytesDataset, make_bytes_loader
 from train.sampler import RemixBatchSampler
 
 from loader import fmt, summary  # benchmarks/loader.py: median (min-max) cells, this script's folder on sys.path
+from _results import write_results  # benchmarks/_results.py
 
 CODECS = ("jpeg", "raw")
 READERS = ("per-sample", "byte-batch", "bytes only")
@@ -208,12 +208,8 @@ def main() -> None:
     need = workers_needed(res)
     text = report(meta, size, res, need)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "reader_224_small" if args.small else "reader_224"
-    (out / f"{stem}.md").write_text(text + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "bytes": size, "reader": res, "workers_needed": need},
-                                                 indent=1) + "\n")
+    write_results(args.out, "reader_224", text, {"meta": meta, "bytes": size, "reader": res, "workers_needed": need},
+                  args.small)
 
 
 if __name__ == "__main__":

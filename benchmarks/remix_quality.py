@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import statistics
 import tempfile
@@ -33,6 +32,8 @@ from pipeline.synth import SynthConfig, generate
 from train.evaluate import evaluate
 from train.config import TrainConfig
 from train.trainer import train
+
+from _results import write_results  # benchmarks/_results.py: this script's folder is on sys.path
 
 
 VARIANTS = {  # name -> {row: train overrides of the remix run}
@@ -102,8 +103,6 @@ def main() -> None:
         synth = dataclasses.replace(synth, num_classes=3, clips_per_class=8, actors=4, width=64, height=48)
         config = dataclasses.replace(config, epochs=2, warmup_epochs=1, width=4, frame_size=24, workers=0)
         feats = dataclasses.replace(feats, short_side=32)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.small or not Path("features/index.h5").exists():
@@ -117,9 +116,7 @@ def main() -> None:
                       f"{config.width}, {platform.machine()}, {time.strftime('%Y-%m-%d')}")
             text = "\n\n".join([header, table(runs, f"Remix variants: {args.variants} (test accuracy, mean ± std)")])
             print(text)
-            stem = f"remix_variants_{args.variants}" + ("_small" if args.small else "")
-            (out / f"{stem}.md").write_text(text + "\n")
-            (out / f"{stem}.json").write_text(json.dumps(runs, indent=1) + "\n")
+            write_results(args.out, f"remix_variants_{args.variants}", text, runs, args.small)
             return
         weak_index = make_features(tmp / "weak", dataclasses.replace(synth, video_contrast=args.weak_contrast),
                                    feats, params["base"]["seed"], prepare)
@@ -139,9 +136,7 @@ def main() -> None:
     text = "\n\n".join([header, table(main_runs, "embedded dataset (test accuracy, mean ± std over seeds)"),
                         table(weak_runs, f"weak-video variant, synth.video_contrast={args.weak_contrast}")])
     print(text)
-    (out / ("remix_quality_small.md" if args.small else "remix_quality.md")).write_text(text + "\n")
-    (out / ("remix_quality_small.json" if args.small else "remix_quality.json")).write_text(
-        json.dumps({"main": main_runs, "weak": weak_runs}, indent=1) + "\n")
+    write_results(args.out, "remix_quality", text, {"main": main_runs, "weak": weak_runs}, args.small)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from experiments import tuning
-from experiments.tables import Record, Stat, cli_records, latest_per_seed
+from experiments.cells import Stat, latest_per_seed
+from experiments.records import Record, cli_records, describe_data
 
 MEASURING = ("train.grad_angle",)  # overrides that measure without changing the run
 
@@ -86,33 +87,60 @@ def remix_epoch_mean(c: Curve, warmup_epochs: int) -> float:
     return statistics.fmean(vals) if vals else math.nan
 
 
-def render(curves: dict[str, list[Curve]], modality: str, path: Path, warmup_epochs: int | None = None) -> None:
+LOG_PANELS = ("b",)  # log y axis: the imbalance ratio spans 1 to ~100 (a head near chance after epoch 0)
+PAPER_DATA = "CREMA-D"  # the paper's Figure 3
+
+
+def render(curves: dict[str, list[Curve]], modality: str, path: Path, warmup_epochs: int | None = None,
+           data: str = "our runs") -> None:
+    """:func:`figure`, written to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(curves, modality, warmup_epochs, data)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(curves: dict[str, list[Curve]], modality: str, warmup_epochs: int | None = None, data: str = "our runs"):
+    """The three panels side by side; the end of warm-up as a labelled dotted line; panel (b) on a log axis; the
+    figure's title says which data the curves are on (``data``: :func:`experiments.records.describe_data`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles = {"a": "(a) samples assigned per modality", "b": "(b) imbalance ratio (val)",
+    titles = {"a": "(a) samples assigned per modality", "b": "(b) imbalance ratio (val; log scale)",
               "c": f"(c) angle of the {modality} encoder's update to its own loss's (deg)"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for ax, (key, title) in zip(axes, titles.items()):
-        for c in curves.get(key, []):
-            line, = ax.plot(c.epochs, c.mean, marker=".", label=f"{c.label} (n={c.n})")
-            if c.n > 1:
-                lo = [m - s for m, s in zip(c.mean, c.std)]
-                hi = [m + s for m, s in zip(c.mean, c.std)]
-                ax.fill_between(c.epochs, lo, hi, color=line.get_color(), alpha=0.2)
+        _draw_curves(ax, curves.get(key, []), log=key in LOG_PANELS)
         if warmup_epochs:
-            ax.axvline(warmup_epochs - 0.5, color="grey", ls=":", lw=1)
+            ax.axvline(warmup_epochs - 0.5, color="grey", ls=":", lw=1,
+                       label=f"end of warm-up ({warmup_epochs} epoch{'s' if warmup_epochs > 1 else ''})")
         if not curves.get(key):
             ax.text(0.5, 0.5, "no runs yet (see python -m experiments.figure3 --help)", ha="center",
                     transform=ax.transAxes, fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
+    fig.suptitle(f"Figure 3 on {data} (mean over seeds, band: ± one sample std); the paper's Figure 3 is on "
+                 f"{PAPER_DATA}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def _draw_curves(ax, curves: Sequence[Curve], log: bool = False) -> None:
+    """Each curve's mean per epoch and, where n > 1, a band of ± one sample std (clipped above 0 on a log axis)."""
+    for c in curves:
+        line, = ax.plot(c.epochs, c.mean, marker=".", label=f"{c.label} (n={c.n})")
+        if c.n > 1:
+            lo = [m - s for m, s in zip(c.mean, c.std)]
+            hi = [m + s for m, s in zip(c.mean, c.std)]
+            if log:
+                lo = [max(v, m / 10) for v, m in zip(lo, c.mean)]  # no band below a tenth of the mean
+            ax.fill_between(c.epochs, lo, hi, color=line.get_color(), alpha=0.2)
+    if log and curves:
+        ax.set_yscale("log")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -131,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     warmup = max(set(warm), key=warm.count) if warm else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    render(curves, args.modality, out / "figure3.png", warmup)
+    render(curves, args.modality, out / "figure3.png", warmup, describe_data(records))
     for c in curves["c"]:
         print(f"{c.label}: mean angle over the remix epochs {remix_epoch_mean(c, warmup or 0):.1f} deg (n={c.n})")
     if not curves["c"]:

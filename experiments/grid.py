@@ -44,20 +44,19 @@ without it the runner refuses, naming them.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import hashlib
-import os
 import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import yaml
+from pipeline.dvc_cli import DvcError, dvc
+from pipeline.overrides import check_overrides
+from pipeline.params import load_params
 
 GRID_KEYS = ("train.methods", "train.fusion", "train.seed")  # set by the grid itself, not by --set
 
@@ -77,8 +76,7 @@ PAPER_GRIDS = (
 STATUSES = ("Queued", "Running", "Success", "Failed", "Unknown")  # the Status column of `dvc queue status`
 
 
-class GridError(RuntimeError):
-    """A dvc command failed, or an experiment did."""
+GridError = DvcError  # a dvc command failed (pipeline.dvc_cli.dvc), or an experiment did (ExperimentFailed)
 
 
 class ExperimentFailed(GridError):
@@ -149,49 +147,19 @@ def build_specs(methods: Sequence[str], fusions: Sequence[str], seeds: Sequence[
     return specs
 
 
-def apply_set(params: dict, assignment: str) -> None:
-    """Apply one ``-S [file:]key=value`` to ``params`` (a parsed params.yaml) as DVC does: the value is YAML,
-    ``key`` dotted, ``+key`` adds, ``~key`` removes. A file other than params.yaml is left to DVC."""
-    target, eq, raw = assignment.partition("=")
-    file, _, key = target.rpartition(":")
-    if file and file != "params.yaml":
-        return
-    key = key.strip()
-    remove = key.startswith("~")
-    parts = key.lstrip("+~").split(".")
-    node = params
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"--set {assignment!r}: {part} is not a section of params.yaml")
-    if remove:
-        node.pop(parts[-1], None)
-    else:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-
-
 def check_params(specs: Sequence[Spec], params_path: str | Path = "params.yaml") -> None:
     """Check every experiment's params (``params_path`` with its ``-S`` values applied) by the config classes of
-    the stages; raise ValueError naming the experiment and the key (``train.methods: 'nosuch' is not one of ...``)."""
-    from pipeline.datasets import PrepareConfig
-    from pipeline.features import ExtractConfig
-    from pipeline.params import BaseConfig, load_params, read_section
-    from pipeline.synth import SynthConfig
-    from train.config import TrainConfig
-
+    the stages (:func:`pipeline.overrides.check_overrides`); raise ValueError naming the experiment and the key
+    (``experiment <name>: train.methods: 'nosuch' is not one of ...``)."""
     base = load_params(params_path)
     checked: set[tuple] = set()
     for spec in specs:
-        params = copy.deepcopy(base)
-        for assignment in spec.assignments():
-            apply_set(params, assignment)
         key = (spec.method, spec.fusion, spec.seed, spec.sets)
         if key in checked:
             continue
         checked.add(key)
         try:
-            for cls in (BaseConfig, SynthConfig, PrepareConfig, ExtractConfig, TrainConfig):
-                read_section(params, cls)
+            check_overrides(spec.assignments(), base=base)
         except ValueError as err:
             raise ValueError(f"experiment {spec.name}: {err}") from None
 
@@ -245,27 +213,6 @@ def wait(names: Sequence[str], status: Callable[[], list[tuple[str, str, str]]],
             if timeout is not None and clock() - t0 > timeout:
                 raise GridError(f"timed out after {timeout:.0f} s waiting for {pending}: see `dvc queue status`")
             sleep(interval)
-
-
-def dvc_env() -> dict[str, str]:
-    """This interpreter's bin folder first on PATH (the stages run `python -m ...` in the venv); no analytics."""
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                DVC_NO_ANALYTICS="1", COLUMNS="400")
-
-
-def dvc(args: Sequence[str], cwd: str | Path = ".", check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``dvc <args>`` with this interpreter's dvc; raise GridError (with its output) when it fails.
-
-    Output goes through a temporary file, not a pipe: ``dvc queue start`` leaves a daemon worker holding
-    the inherited descriptors, and reading a pipe would wait for that worker to exit."""
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env(), stdout=out,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
-        out.seek(0)
-        proc.stdout, proc.stderr = out.read(), ""
-    if check and proc.returncode != 0:
-        raise GridError(f"`dvc {shlex.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout}")
-    return proc
 
 
 def _warn_untracked(cwd: Path) -> None:

@@ -32,6 +32,8 @@ import sys
 from typing import Any, Iterable, Sequence
 
 from experiments import grid
+from experiments.cells import DASH, acc, fmt, markdown_table, stat
+from experiments.records import collect
 
 DATA = ("synth.clips_per_class=150", "prepare.ratios=[0.4,0.2,0.4]")  # the grid's data (see the docstring)
 LRS = (0.001, 0.003)  # train.lr values every method is tried at
@@ -76,14 +78,15 @@ def tuning_specs(seed: int, methods: Iterable[str] = SPACE) -> list[grid.Spec]:
 PRIORITY = (1, 0, 0, 1, 1, 1, 1, 2, 2)
 
 
-def final_specs(chosen: dict[str, Setting], seeds: Sequence[int]) -> list[grid.Spec]:
-    """Phase 2: every cell of :data:`experiments.grid.PAPER_GRIDS` at ``seeds``, each method at its chosen setting;
-    by :data:`PRIORITY` (a cell shared by two grids: the earlier), then seed-major within it (every cell at the
-    first seed, then the next), so a stopped grid leaves the first tables filled at every seed."""
+def final_specs(chosen: dict[str, Setting], seeds: Sequence[int], max_priority: int = max(PRIORITY)) -> list[grid.Spec]:
+    """Phase 2: every cell of :data:`experiments.grid.PAPER_GRIDS` of a :data:`PRIORITY` up to ``max_priority`` (0:
+    Tables 2-3 only) at ``seeds``, each method of ``chosen`` at its chosen setting; by priority (a cell shared by two
+    grids: the earlier), then seed-major within it (every cell at the first seed, then the next), so a stopped grid
+    leaves the first tables filled at every seed."""
     specs: dict[str, grid.Spec] = {}
     rank: dict[str, int] = {}
     for (methods, fusions, grid_sets), prio in zip(grid.PAPER_GRIDS, PRIORITY, strict=True):
-        for m in methods:
+        for m in (m for m in methods if m in chosen and prio <= max_priority):
             for s in grid.build_specs([m], fusions, seeds, [*DATA, *as_sets(chosen[m]), *grid_sets]):
                 specs.setdefault(s.name, s)
                 rank[s.name] = min(rank.get(s.name, prio), prio)
@@ -157,8 +160,6 @@ def _short(key: str) -> str:
 def chosen_markdown(chosen: dict[str, Choice], final: Sequence) -> str:
     """The chosen-settings table: per method every candidate's validation accuracy, the choice, and the chosen
     setting's test accuracy over the seeds (read for reporting only, after the choice)."""
-    from experiments.tables import DASH, acc, fmt, markdown_table, stat
-
     lrs = ", ".join(map(str, LRS))
     rows = []
     for m, c in chosen.items():
@@ -183,21 +184,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--jobs", type=int, default=1, help="experiments run at once (dvc queue start -j)")
     ap.add_argument("--poll", type=float, default=10.0, help="seconds between `dvc queue status` polls")
     ap.add_argument("--dry-run", action="store_true", help="print phase 1's dvc commands, run nothing")
+    ap.add_argument("--methods", nargs="+", choices=list(SPACE), default=list(SPACE), help="tune and run only these")
+    ap.add_argument("--max-priority", type=int, default=max(PRIORITY),
+                    help="phase 2 runs the grids of PRIORITY <= this (0: Tables 2-3, 1: and Tables 1, 4-6, 2: all)")
     args = ap.parse_args(argv)
-    from experiments.tables import collect
-
     try:
-        grid.run_grid(tuning_specs(args.tune_seed), jobs=args.jobs, interval=args.poll, skip_existing=True,
-                      dry_run=args.dry_run)
+        grid.run_grid(tuning_specs(args.tune_seed, args.methods), jobs=args.jobs, interval=args.poll,
+                      skip_existing=True, dry_run=args.dry_run)
         if args.dry_run:
             return
-        chosen = select(collect("."), args.tune_seed)
-        missing = sorted(set(SPACE) - set(chosen))
+        chosen = select(collect("."), args.tune_seed, args.methods)
+        missing = sorted(set(args.methods) - set(chosen))
         if missing:
             raise grid.GridError(f"no finished tuning run for {missing}: rerun this command")
         print(chosen_markdown(chosen, []))
-        grid.run_grid(final_specs({m: c.setting for m, c in chosen.items()}, args.seeds), jobs=args.jobs,
-                      interval=args.poll, skip_existing=True)
+        grid.run_grid(final_specs({m: c.setting for m, c in chosen.items()}, args.seeds, args.max_priority),
+                      jobs=args.jobs, interval=args.poll, skip_existing=True)
     except (grid.GridError, ValueError, OSError) as e:
         sys.exit(f"experiments.tuning: {e}")
     print("done; tables: python -m experiments.tables --out experiments/results")

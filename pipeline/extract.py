@@ -1,9 +1,14 @@
 """Extraction: a manifest of raw clips -> WebDataset shards, ``index.h5``, ``stats.json``, ``rejects.csv``.
 
-- Shard plan: per split, the manifest's rows in order, cut into runs of ``shard_size``;
-  shard NNNNNN of a split holds the usable clips of run NNNNNN. The plan depends on the
-  manifest alone, so a clip's shard never depends on other clips being rejected,
-  on the number of workers, or on which machine extracts it.
+- Shard plan: per split, the clips in a seeded random order (``shuffle_seed``, the stage's
+  ``base.seed``; :func:`clip_order`), cut into runs of ``shard_size``; shard NNNNNN of a split
+  holds the usable clips of run NNNNNN, so a shard is a random sample of its split (CREMA-D's clip
+  ids start with the actor: in manifest order a shard held a handful of actors). The plan depends
+  on the manifest and the seed alone, so a clip's shard never depends on other clips being
+  rejected, on the number of workers, on ``part``, or on which machine extracts it. The seed is
+  stored in ``index.h5`` (``feature_params["shuffle_seed"]``), so it enters the feature set's
+  fingerprint; ``shuffle_seed=None`` keeps the manifest's order (the layout before 2026-12, kept
+  for ``benchmarks/shard_mix.py``'s baseline).
 - Parallel: clips are processed by a process pool (``workers``) and written by the parent
   in plan order, so the bytes do not depend on the number of workers or on timing.
 - Partitionable: ``part=(i, n)`` extracts exactly the shards whose number is congruent to
@@ -20,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
@@ -73,13 +79,27 @@ class ShardPlan:
     records: tuple[ClipRecord, ...]
 
 
-def plan_shards(records: Sequence[ClipRecord], shard_size: int) -> list[ShardPlan]:
-    """Cut each split's records (manifest order) into shards of ``shard_size`` clips."""
+def clip_order(records: Sequence[ClipRecord], shuffle_seed: int | None) -> list[ClipRecord]:
+    """``records`` in the seeded random order of the shard plan; ``shuffle_seed`` None: as given (manifest order).
+
+    Each clip's sort key is a hash of the seed and its clip id, so the order depends on the seed and
+    the clip ids alone: not on the manifest's row order, and two clips keep their relative order
+    when others are added or removed. Equal clip ids (not expected) keep their manifest order.
+    """
+    if shuffle_seed is None:
+        return list(records)
+    return sorted(records, key=lambda r: hashlib.blake2b(f"{shuffle_seed}:{r.clip_id}".encode(), digest_size=16,
+                                                         person=b"avremix-shards").digest())
+
+
+def plan_shards(records: Sequence[ClipRecord], shard_size: int, shuffle_seed: int | None = 0) -> list[ShardPlan]:
+    """Cut each split's records, in :func:`clip_order` for ``shuffle_seed`` (default 0, ``base.seed``'s
+    default), into shards of ``shard_size`` clips."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     plans = []
     for split in SPLITS:
-        recs = [r for r in records if r.split == split]
+        recs = clip_order([r for r in records if r.split == split], shuffle_seed)
         for number, start in enumerate(range(0, len(recs), shard_size)):
             plans.append(ShardPlan(split, number, tuple(recs[start : start + shard_size])))
     return plans
@@ -236,8 +256,12 @@ def extract(
     workers: int,
     max_reject_fraction: float,
     part: str | tuple[int, int] = (0, 1),
+    shuffle_seed: int | None = 0,
 ) -> dict:
     """Extract the clips of ``manifest`` into shards under ``out_dir``; return the stats.
+
+    ``shuffle_seed``: the seed of the clips' order in the shards (the stage passes ``base.seed``; None:
+    manifest order); stored in the index beside the feature params.
 
     With ``part=(i, n)``, n > 1, only the shards numbered i mod n are extracted and the
     index, rejects and stats go to ``out_dir/parts/``; :func:`merge_parts` finishes.
@@ -246,7 +270,7 @@ def extract(
     records, class_names = read_inputs(manifest, classes)  # every check before the first file is touched
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plans = [p for p in plan_shards(records, shard_size) if p.number % n == i]
+    plans = [p for p in plan_shards(records, shard_size, shuffle_seed) if p.number % n == i]
     own = {shard_name(p.split, p.number) for p in plans}
     _clean_temporary(out_dir, own, single=n == 1)
     items = [rec for p in plans for rec in p.records]
@@ -291,7 +315,7 @@ def extract(
         results.close()
     index_path = parts_dir / f"index{tag}.h5" if n > 1 else out_dir / "index.h5"
     write_index(index_path, rows, shards, members=config.members, class_names=class_names,
-                feature_params=dataclasses.asdict(config))
+                feature_params={**dataclasses.asdict(config), "shuffle_seed": shuffle_seed})
     stats = _stats(IndexReader(index_path, shard_dir=out_dir), rejects, len(items), [timing])
     _write_json((parts_dir if n > 1 else out_dir) / f"stats{tag}.json", stats)
     return stats

@@ -299,6 +299,10 @@ class IndexReader:
             raise ValueError(f"{self.shard_path(row)}: truncated, member {self.keys[row]}.{member} is cut short")
         return data
 
+    def read_members(self, rows: Sequence[int], member: str) -> list[bytes]:
+        """:meth:`read_member` of each of ``rows`` (a remote index reads them in parallel)."""
+        return [self.read_member(int(r), member) for r in rows]
+
     def read_sample(self, row: int) -> dict[str, bytes]:
         """All members of sample ``row`` (one open, one seek per member)."""
         out = {}

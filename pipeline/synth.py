@@ -42,6 +42,24 @@ Video (the weak modality)
     disk among the distractors: markedly slower than the audio. The audio kind never
     changes a clip's video (separate random streams).
 
+    A share ``video_ambiguous_fraction`` of each class's clips (exact count, placed
+    independently of the audio kinds) shows no class cue (:func:`clip_video_cue`): half a
+    plain disk, half stripes at an angle half-way between two class angles (15, 45 or 75 deg)
+    with the period of a random class. Only the disk's stripes change (their own random
+    stream): background, motion and noise are those the clip has with a clean video. A clip
+    with neither cue (ambiguous video and non-clean audio) cannot be classified, so no model
+    passes ``1 - (ambiguous + misleading) * video_ambiguous + ambiguous * video_ambiguous / K``
+    on average (:mod:`benchmarks.difficulty` computes it per split from ``synth_truth.csv``).
+
+Difficulty (``difficulty``)
+    ``custom`` uses the signal knobs as given (their defaults: the demo dataset below, whose
+    every method lands between 86 and 98 %). A named profile of :data:`DIFFICULTIES` sets
+    them: ``cremad_like`` behaves like CREMA-D under the official baseline (fused accuracy in
+    60-75 %, the audio head far above the video head, a best possible accuracy under 92 %;
+    targets and measurements in docs/datasets.md, checked by ``benchmarks/difficulty.py``).
+    A knob the profile sets must hold its default (or the profile's value): any other value
+    is an error naming the knob, never silently replaced.
+
 Calibration of the defaults (6 classes x 100 clips, seed 0, split 0.6/0.2/0.2 by actor; the
 trainer's defaults: ResNet-18 width 16 from scratch, AdamW 1e-3 cosine, batch 32, 16 epochs,
 3 frames cropped to 80 px with random resized crop and flip; 64-bin log-mel of 3 s)
@@ -63,7 +81,9 @@ Knobs (:class:`SynthConfig`)
     min/max_duration_s, width, height, fps, sample_rate: the media format.
     audio_snr_db: lower = harder audio (-10 dB still leaves the pitch visible).
     video_contrast, video_noise, clutter: higher contrast / lower noise / less clutter =
-    easier video. ambiguous_fraction, misleading_fraction: how much the video is needed.
+    easier video. ambiguous_fraction, misleading_fraction: how much the video is needed;
+    video_ambiguous_fraction: how much the audio is needed (and the best possible accuracy).
+    difficulty: custom, or a named profile of those knobs (above).
     video_quality: encoder quality (file size vs. fidelity of the faint stripes).
     workers: parallel encoding processes; never changes the bytes.
 
@@ -74,9 +94,9 @@ Layouts (everything under ``out_dir``)
     kinetics_sounds: ``<train|test>/<class name>/<11-char id>_<start:06d>_<end:06d>.mp4``
     with H.264 (yuv420p) video and AAC audio; the 11-char id uses YouTube's alphabet
     (``A-Za-z0-9-_``), so it may start with ``-`` or contain ``_``: split the stem from the
-    right. ``synth_truth.csv``: ``clip_id,class_name,audio_kind,audio_class_name``
+    right. ``synth_truth.csv``: ``clip_id,class_name,audio_kind,audio_class_name,video_kind``
     (``clip_id`` = file stem; ``audio_kind`` clean|ambiguous|misleading;
-    ``audio_class_name`` empty for ambiguous clips).
+    ``audio_class_name`` empty for ambiguous clips; ``video_kind`` clean|ambiguous).
 
 Determinism
     Every random draw comes from ``numpy.random.default_rng([seed, stream, ...])`` keyed by
@@ -110,8 +130,9 @@ from pipeline.params import Config, ConfigError, setting
 
 LAYOUTS = ("cremad", "kinetics_sounds")
 AUDIO_KINDS = ("clean", "ambiguous", "misleading")
+VIDEO_KINDS = ("clean", "ambiguous")
 TRUTH_FILE = "synth_truth.csv"
-TRUTH_FIELDS = ("clip_id", "class_name", "audio_kind", "audio_class_name")
+TRUTH_FIELDS = ("clip_id", "class_name", "audio_kind", "audio_class_name", "video_kind")
 
 CREMAD_EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
 CREMAD_SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI")
@@ -134,7 +155,16 @@ _ANGLES = 4  # unsigned stripe angles per period: 0, 30, 60, 90 deg to the x axi
 # rng stream ids (first key after the seed): one per kind of draw, so draws never collide.
 # (SeedSequence ignores trailing zeros: [s, k, i] == [s, k, i, 0], so keys of different
 # lengths must not share a stream id.)
-_S_CLIP, _S_KIND, _S_CREMAD, _S_DUR, _S_SPLIT, _S_YTID = range(6)
+_S_CLIP, _S_KIND, _S_CREMAD, _S_DUR, _S_SPLIT, _S_YTID, _S_VKIND = range(7)
+_M_AUDIO, _M_VIDEO, _M_VCUE = 1, 2, 3  # last key of a clip's streams [seed, _S_CLIP, index, m]
+
+# Named difficulty profiles (synth.difficulty): the signal knobs each one sets; "custom" sets none (the knobs as
+# given; their defaults are the demo dataset). Measured and declared in docs/datasets.md (benchmarks/difficulty.py).
+DIFFICULTIES: dict[str, dict[str, float]] = {
+    "custom": {},
+    "cremad_like": {"audio_snr_db": 0.0, "video_contrast": 0.15, "video_noise": 0.06, "ambiguous_fraction": 0.3,
+                    "misleading_fraction": 0.1, "video_ambiguous_fraction": 0.3, "clutter": 8},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,16 +185,19 @@ class SynthConfig(Config):
     height: int = setting(120, min=32, max=1920)
     fps: int = setting(15, min=1, max=60)
     sample_rate: int = setting(16000, min=8000, max=48000)
+    difficulty: str = setting("custom", choices=tuple(DIFFICULTIES))
     audio_snr_db: float = setting(0.0, min=-30.0, max=60.0)
     video_contrast: float = setting(0.25, min=0.0, max=1.0, min_exclusive=True)
     video_noise: float = setting(0.06, min=0.0, max=1.0)
     ambiguous_fraction: float = setting(0.2, min=0.0, max=1.0)
     misleading_fraction: float = setting(0.1, min=0.0, max=1.0)
+    video_ambiguous_fraction: float = setting(0.0, min=0.0, max=1.0)
     clutter: int = setting(8, min=0, max=64)
     video_quality: int = setting(3, min=2, max=8)
     workers: int = setting(2, min=1)
 
     def check(self) -> None:
+        self._apply_difficulty()
         kmax = len(CREMAD_EMOTIONS) if self.layout == "cremad" else len(KINETICS_SOUNDS_CLASSES)
         if self.num_classes > kmax:
             raise ConfigError("num_classes", f"must be <= {kmax} for layout {self.layout}, got {self.num_classes}")
@@ -184,6 +217,17 @@ class SynthConfig(Config):
         if self.ambiguous_fraction + self.misleading_fraction > 1.0:
             raise ConfigError("misleading_fraction", f"ambiguous_fraction + misleading_fraction must be <= 1, got "
                               f"{self.ambiguous_fraction} + {self.misleading_fraction}")
+
+    def _apply_difficulty(self) -> None:
+        """Set the knobs of the ``difficulty`` profile. A knob the profile sets must hold its default or the
+        profile's value (what a config already built with the profile holds): any other value is an error, never
+        silently replaced."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key, value in DIFFICULTIES[self.difficulty].items():
+            if getattr(self, key) not in (defaults[key], value):
+                raise ConfigError(key, f"difficulty {self.difficulty} sets it to {value}: leave it at its default "
+                                       f"({defaults[key]}) or use difficulty: custom, got {getattr(self, key)}")
+            object.__setattr__(self, key, type(defaults[key])(value))
 
     def class_names(self) -> list[str]:
         """The class names of this config, label index = position."""
@@ -219,6 +263,7 @@ class _Clip:
     label: int  # class index (what the video shows)
     kind: str  # audio kind, one of AUDIO_KINDS
     audio_label: int  # class index the audio carries, -1 for ambiguous
+    video_kind: str  # one of VIDEO_KINDS
     clip_id: str  # file stem
     video: str  # path relative to out_dir
     audio: str  # path relative to out_dir ("" when muxed into the video)
@@ -239,6 +284,15 @@ def _kinds(seed: int, label: int, cfg: SynthConfig) -> list[tuple[str, int]]:
     return out
 
 
+def _video_kinds(seed: int, label: int, cfg: SynthConfig) -> list[str]:
+    """Video kind of each clip of one class: exact count of ambiguous ones (rounded), randomly placed, drawn
+    independently of the audio kinds."""
+    n = cfg.clips_per_class
+    ambiguous = set(np.random.default_rng([seed, _S_VKIND, label]).permutation(n)[
+        : round(cfg.video_ambiguous_fraction * n)].tolist())
+    return ["ambiguous" if j in ambiguous else "clean" for j in range(n)]
+
+
 def _plan(seed: int, cfg: SynthConfig) -> list[_Clip]:
     """All clips, in a fixed order (class-major), with names, kinds and durations."""
     names = cfg.class_names()
@@ -246,7 +300,7 @@ def _plan(seed: int, cfg: SynthConfig) -> list[_Clip]:
     used_ids: set[str] = set()
     yt_rng = np.random.default_rng([seed, _S_YTID])
     for label, name in enumerate(names):
-        kinds = _kinds(seed, label, cfg)
+        kinds, video_kinds = _kinds(seed, label, cfg), _video_kinds(seed, label, cfg)
         n_test = round(cfg.test_fraction * cfg.clips_per_class)
         test = set(np.random.default_rng([seed, _S_SPLIT, label]).permutation(cfg.clips_per_class)[:n_test].tolist())
         combos: dict[int, np.ndarray] = {}
@@ -275,7 +329,7 @@ def _plan(seed: int, cfg: SynthConfig) -> list[_Clip]:
                 video, audio = f"{split}/{name}/{cid}.mp4", ""
             assert cid not in used_ids, cid  # cremad combos are drawn without replacement
             used_ids.add(cid if cfg.layout == "cremad" else yt)
-            clips.append(_Clip(index, label, kind, audio_label, cid, video, audio, n_frames))
+            clips.append(_Clip(index, label, kind, audio_label, video_kinds[j], cid, video, audio, n_frames))
     return clips
 
 
@@ -327,8 +381,22 @@ def _stripes(xx: np.ndarray, yy: np.ndarray, theta: float, period: float, phase:
     return np.sin(arg).astype(np.float32)
 
 
-def synth_video(rng: np.random.Generator, cfg: SynthConfig, n_frames: int, label: int) -> np.ndarray:
-    """One clip's frames as uint8 (T, H, W, 3) RGB: cluttered background + moving striped disk + noise."""
+def clip_video_cue(rng: np.random.Generator, kind: str, label: int, num_classes: int) -> dict | None:
+    """The stripes a clip's disk shows: its class's :func:`video_cue` when ``kind`` is clean; when ambiguous, drawn
+    from ``rng``: half the clips none (None: a plain disk), half an angle half-way between two class angles (15, 45
+    or 75 deg) at the period of a uniformly drawn class, which tells nothing of the label."""
+    if kind == "clean":
+        return video_cue(label, num_classes)
+    if rng.random() < 0.5:
+        return None
+    return {"angle": (math.pi / 2) * (rng.integers(_ANGLES - 1) + 0.5) / (_ANGLES - 1),
+            "period": video_cue(int(rng.integers(num_classes)), num_classes)["period"]}
+
+
+def synth_video(rng: np.random.Generator, cfg: SynthConfig, n_frames: int, cue: dict | None) -> np.ndarray:
+    """One clip's frames as uint8 (T, H, W, 3) RGB: cluttered background + moving disk + noise. The disk shows the
+    stripes of ``cue`` (:func:`clip_video_cue`), or none for None; the draws are the same either way, so a clip's
+    background, disk and noise do not depend on its cue."""
     H, W, T, f32 = cfg.height, cfg.width, n_frames, np.float32
     yy, xx = np.mgrid[0:H, 0:W].astype(f32)  # (H, W)
     amp = f32(0.5 * cfg.video_contrast)  # stripe amplitude (half of peak-to-peak)
@@ -357,7 +425,8 @@ def synth_video(rng: np.random.Generator, cfg: SynthConfig, n_frames: int, label
     cx = W / 2 + ax * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * tt + rng.uniform(0, 2 * np.pi))  # (T,) float64
     cy = H / 2 + ay * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * tt + rng.uniform(0, 2 * np.pi))  # (T,)
     cx, cy = cx.round(3).astype(f32), cy.round(3).astype(f32)  # sub-pixel, immune to last-bit sin differences
-    cue = video_cue(label, cfg.num_classes)
+    disk_amp = amp if cue is not None else f32(0)
+    cue = cue or video_cue(0, cfg.num_classes)
     theta = (cue["angle"] + math.radians(rng.uniform(-3, 3))) * rng.choice([-1.0, 1.0])
     period = H * cue["period"] * rng.uniform(0.95, 1.05)
     phase = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.3, 0.3) * np.arange(T)  # (T,) slow drift
@@ -368,7 +437,7 @@ def synth_video(rng: np.random.Generator, cfg: SynthConfig, n_frames: int, label
         x0, x1 = max(int(cx[i] - r) - 2, 0), min(int(cx[i] + r) + 3, W)
         dx, dy = xx[y0:y1, x0:x1] - cx[i], yy[y0:y1, x0:x1] - cy[i]  # (h, w) disk coordinates
         mask = np.clip((f32(r) - np.sqrt(dx * dx + dy * dy)) / f32(1.5), 0, 1)[..., None]  # (h, w, 1) soft edge
-        tex = face + (amp * _stripes(dx, dy, theta, period, phase[i]))[..., None]  # (h, w, 3)
+        tex = face + (disk_amp * _stripes(dx, dy, theta, period, phase[i]))[..., None]  # (h, w, 3)
         box = frames[i, y0:y1, x0:x1]
         box += mask * (tex - box)
     noise = (rng.standard_normal((T, H, W)) * (cfg.video_noise * 255)).astype(f32)  # (T, H, W) grey pixel noise
@@ -409,9 +478,11 @@ def _render(job: tuple[_Clip, SynthConfig, int, str]) -> str:
     """Generate and write one clip's files; returns its clip_id."""
     clip, cfg, seed, out_dir = job
     n_samples = round(clip.n_frames * cfg.sample_rate / cfg.fps)
-    rng_a, rng_v = (np.random.default_rng([seed, _S_CLIP, clip.index, m]) for m in (1, 2))  # video independent of audio kind
+    # one stream each: the video never depends on the audio kind, the rest of the video never on the video kind
+    rng_a, rng_v, rng_c = (np.random.default_rng([seed, _S_CLIP, clip.index, m]) for m in (_M_AUDIO, _M_VIDEO, _M_VCUE))
     audio = synth_audio(rng_a, cfg, n_samples, clip.kind, clip.audio_label)  # (n,) int16
-    frames = synth_video(rng_v, cfg, clip.n_frames, clip.label)  # (T, H, W, 3) uint8
+    cue = clip_video_cue(rng_c, clip.video_kind, clip.label, cfg.num_classes)
+    frames = synth_video(rng_v, cfg, clip.n_frames, cue)  # (T, H, W, 3) uint8
     video = Path(out_dir) / clip.video
     tmps = [video.with_name(video.name + ".tmp")]
     try:
@@ -465,13 +536,15 @@ def generate(*, out_dir: str | os.PathLike, seed: int, config: SynthConfig) -> d
             w = csv.writer(f, lineterminator="\n")
             w.writerow(TRUTH_FIELDS)
             for c in clips:
-                w.writerow([c.clip_id, names[c.label], c.kind, names[c.audio_label] if c.audio_label >= 0 else ""])
+                w.writerow([c.clip_id, names[c.label], c.kind, names[c.audio_label] if c.audio_label >= 0 else "",
+                            c.video_kind])
     summary = {
         "layout": config.layout,
         "classes": names,
         "clips": len(clips),
         "per_class": dict(Counter(names[c.label] for c in clips)),
         "per_kind": {k: sum(c.kind == k for c in clips) for k in AUDIO_KINDS},
+        "per_video_kind": {k: sum(c.video_kind == k for c in clips) for k in VIDEO_KINDS},
         "truth": str(out / TRUTH_FILE),
     }
     if config.layout == "kinetics_sounds":

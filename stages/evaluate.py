@@ -4,11 +4,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 
+from pipeline import lifetime
 from pipeline.params import run_stage
 from train.evaluate import evaluate
 
 
 def main() -> None:
+    lifetime.bind_to_owner("evaluate")  # under DVC: this stage and its workers die with the dvc process
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--method", required=True)
     # path defaults: dvc.yaml vars `paths`

@@ -12,10 +12,12 @@ import logging
 
 from pipeline.extract import ExtractionError, extract, merge_parts
 from pipeline.features import ExtractConfig
-from pipeline.params import load_params, read_section, run_stage
+from pipeline import lifetime
+from pipeline.params import BaseConfig, load_params, read_section, run_stage
 
 
 def main() -> None:
+    lifetime.bind_to_owner("extract")  # under DVC: this stage and its workers die with the dvc process
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = ap.add_mutually_exclusive_group()
@@ -27,13 +29,15 @@ def main() -> None:
     ap.add_argument("--classes", default="data/classes.txt", help="class list to read")
     ap.add_argument("--out", default="features", help="features folder to write (shards, index.h5, ...)")
     args = ap.parse_args()
-    cfg = read_section(load_params(args.params), ExtractConfig)
+    params = load_params(args.params)
+    cfg = read_section(params, ExtractConfig)
     if args.merge:
         stats = merge_parts(out_dir=args.out, num_parts=args.merge, max_reject_fraction=cfg.max_reject_fraction)
     else:
         stats = extract(manifest=args.manifest, classes=args.classes, out_dir=args.out, config=cfg.features,
                         part=args.part, shard_size=cfg.shard_size, workers=cfg.workers,
-                        max_reject_fraction=cfg.max_reject_fraction)
+                        max_reject_fraction=cfg.max_reject_fraction,
+                        shuffle_seed=read_section(params, BaseConfig).seed)  # the clips' order in the shards
     print(f"extract: {stats['samples']} samples, {stats['rejects']['count']} rejected, "
           f"{stats['timing']['clips_per_second']} clips/s")
 

@@ -5,11 +5,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import argparse
 import logging
 
+from pipeline import lifetime
 from pipeline.params import BaseConfig, load_params, read_section, run_stage
 from pipeline.synth import SynthConfig, generate
 
 
 def main() -> None:
+    lifetime.bind_to_owner("synth")  # under DVC: this stage and its workers die with the dvc process
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(description=__doc__)  # path defaults: dvc.yaml vars `paths`
     ap.add_argument("--out", default="data/raw", help="dataset folder to write")

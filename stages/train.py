@@ -5,8 +5,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import argparse
 import logging
 import os
+import signal
 import sys
 
+from pipeline import lifetime
 from pipeline.params import BaseConfig, load_params, read_section, run_stage
 from train import distributed  # torch only: a rank binds its life to torchrun's before the slower imports below
 
@@ -15,6 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main() -> None:
     distributed.die_with_launcher()  # under torchrun (train.nproc > 1): this rank dies with it
+    if "LOCAL_RANK" not in os.environ:  # the stage itself (not a rank): it and all it starts die with dvc
+        lifetime.bind_to_owner("train")
     from train.config import TrainConfig, training_seed
     from train.trainer import train
 
@@ -28,12 +32,15 @@ def main() -> None:
     params = load_params()
     config = read_section(params, TrainConfig)  # every key checked (types, ranges, batch_size >= nproc) first
     base = read_section(params, BaseConfig)
-    if config.nproc > 1 and "LOCAL_RANK" not in os.environ:  # become torchrun, which starts nproc ranks of this stage
-        # exec keeps this PID: the ranks check that torchrun is their parent, and die with it (SIGKILL)
-        env = {**os.environ, distributed.LAUNCHER_PID: str(os.getpid()),  # and find stages.train from any folder
-               "PYTHONPATH": os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])])}
-        os.execve(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                   f"--nproc_per_node={config.nproc}", "-m", "stages.train", *sys.argv[1:]], env)
+    if config.nproc > 1 and "LOCAL_RANK" not in os.environ:  # torchrun starts nproc ranks of this stage
+        # as this process's child, which dies with it (and the ranks with torchrun); REPO on PYTHONPATH: the
+        # ranks find stages.train from any folder
+        code = distributed.launch(config.nproc, ["-m", "stages.train", *sys.argv[1:]], pythonpath=REPO)
+        if code:
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            raise distributed.DistError(f"torchrun {how} (its ranks' errors, if any, are above): nothing "
+                                        f"published; {args.runs}/{args.method}/train.work/ keeps the run to resume")
+        return
     summary = train(index_path=args.index, out_dir=f"{args.runs}/{args.method}/train", method=args.method,
                     config=config, seed=training_seed(config, base.seed))
     if os.environ.get("RANK", "0") == "0":

@@ -2,7 +2,10 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+from tests.servers import nginx_binary
 
 
 def run_small(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -69,3 +72,44 @@ def test_pmr_prototypes_small_runs(tmp_path):
     out = run_small("pmr_prototypes", "--out", str(tmp_path), timeout=600)
     assert "| running |" in out.stdout and "| batch |" in out.stdout
     assert (tmp_path / "pmr_prototypes_small.json").exists()
+
+
+def test_difficulty_small_runs(tmp_path):
+    """The difficulty check end to end on tiny data: both methods trained and evaluated, every target judged."""
+    import json
+
+    out = run_small("difficulty", "--out", str(tmp_path), timeout=600)
+    assert "| baseline |" in out.stdout and "| remix |" in out.stdout
+    report = json.loads((tmp_path / "difficulty_small.json").read_text())
+    assert set(report["targets"]) == {"fused", "imbalance", "ceiling", "resolution"}
+    for target in report["targets"].values():
+        assert f"| {target['target']} | {target['measured']} | {'PASS' if target['pass'] else 'FAIL'} |" in out.stdout
+    assert 0 < report["meta"]["ceiling"] <= 1 and {r["method"] for r in report["runs"]} == {"baseline", "remix"}
+
+
+def test_every_benchmark_writes_its_results_through_the_one_writer(tmp_path):
+    """benchmarks/_results.py writes <name>[_small].md and .json; no script writes its results files itself."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from _results import write_results
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    md = write_results(tmp_path / "out", "bench", "| a |", {"x": [1, 2]}, small=True)
+    assert md == tmp_path / "out" / "bench_small.md" and md.read_text() == "| a |\n"
+    assert (tmp_path / "out" / "bench_small.json").read_text() == '{\n "x": [\n  1,\n  2\n ]\n}\n'
+    write_results(tmp_path / "out", "bench", "t", [])
+    assert (tmp_path / "out" / "bench.md").read_text() == "t\n" and (tmp_path / "out" / "bench.json").read_text() == "[]\n"
+    own = [p.name for p in sorted((REPO / "benchmarks").glob("*.py")) if p.name != "_results.py"
+           and ('.json").write_text(' in p.read_text() or '.md").write_text(' in p.read_text())]
+    assert not own, f"these write their results files themselves (use benchmarks/_results.py): {own}"
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed: `apt-get install nginx-light` (.ci/run "
+                                                   "installs it)")
+def test_remote_benchmark_small_runs(tmp_path):
+    """benchmarks/remote.py --small: nginx and the delaying proxies start and stop, every table is printed."""
+    out = run_small("remote", "--out", str(tmp_path), timeout=600)
+    for row in ("| local |", "| 0 ms |", "| 20 ms |", "| 50 ms |", "### shuffle_window 1, cache 0.5",
+                "### shuffle_window 0, cache default", "ranged / whole time", "| x2 |", "| x16 |"):
+        assert row in out.stdout, row
+    assert (tmp_path / "remote_small.md").exists() and (tmp_path / "remote_small.json").exists()

@@ -1,6 +1,13 @@
-"""A real `dvc repro` in a temporary git repository: reruns exactly what a change touches."""
+"""A real `dvc repro` in a temporary git repository: reruns exactly what a change touches, and a bad value
+stops it before any output is deleted.
+
+The ``check`` stage (stages/check.py) is upstream of every other stage and depends on every value of
+params.yaml: any changed value reruns it first (its output keeps the same bytes, so it reruns nothing by
+itself), and a bad value, a misspelt section or a missing dataset root stops ``dvc repro`` there.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,14 +27,25 @@ TINY_SYNTH = dict(num_classes=3, clips_per_class=3, actors=2, min_duration_s=1.0
 
 TINY_TRAIN = dict(epochs=2, warmup_epochs=1, width=4, batch_size=8, frame_size=24, workers=0, guard="none")
 TRAIN_STAGES = {"train@baseline", "train@remix", "evaluate@baseline", "evaluate@remix"}
+CHECK = "check"  # the first stage: reruns whenever a value of params.yaml changed
+
+
+def dvc_env() -> dict[str, str]:
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                DVC_NO_ANALYTICS="1")
 
 
 def dvc(cwd: Path, *args: str) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1")
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
+
+
+def dvc_fails(cwd: Path, *args: str) -> str:
+    """The output (stdout and stderr) of a dvc command that must fail."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
 
 
 def ran(output: str) -> list[str]:
@@ -43,9 +61,9 @@ def edit_params(repo: Path, **changes) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("dvcproj")
+def make_project(repo: Path) -> Path:
+    """A git + DVC repository of the project's pipeline (one commit), with the tiny params not committed."""
+    repo.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
     for name in ("stages", "pipeline", "train"):
@@ -60,9 +78,14 @@ def project(tmp_path_factory) -> Path:
     return repo
 
 
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return make_project(tmp_path_factory.mktemp("dvcproj"))
+
+
 def test_repro_runs_then_skips_then_reruns_only_what_changed(project):
     first = dvc(project, "repro")
-    assert ran(first)[:3] == ["synth", "prepare", "extract"] and set(ran(first)[3:]) == TRAIN_STAGES
+    assert ran(first)[:4] == [CHECK, "synth", "prepare", "extract"] and set(ran(first)[4:]) == TRAIN_STAGES
     assert (project / "features" / "index.h5").exists() and list((project / "features").glob("train-*.tar"))
     assert (project / "dvc.lock").exists()
     for method in ("baseline", "remix"):
@@ -72,17 +95,18 @@ def test_repro_runs_then_skips_then_reruns_only_what_changed(project):
     assert ran(dvc(project, "repro")) == []  # nothing changed: nothing runs
 
     edit_params(project, features__workers=2)  # extract reruns, makes the same bytes: training does not rerun
-    assert ran(dvc(project, "repro")) == ["extract"]
+    assert ran(dvc(project, "repro")) == [CHECK, "extract"]
 
     edit_params(project, features__num_frames=2)
     out = ran(dvc(project, "repro"))
-    assert out[0] == "extract" and set(out[1:]) == TRAIN_STAGES  # a features param: extract and what reads it
+    assert out[:2] == [CHECK, "extract"] and set(out[2:]) == TRAIN_STAGES  # a features param: extract and what reads it
 
     edit_params(project, train__lr=0.002)
-    assert set(ran(dvc(project, "repro"))) == TRAIN_STAGES  # a train param: train and evaluate only
+    out = ran(dvc(project, "repro"))
+    assert out[0] == CHECK and set(out[1:]) == TRAIN_STAGES  # a train param: train and evaluate only
 
     edit_params(project, train__nproc=2)  # the train stage relaunches itself under torchrun: 2 ranks
-    assert set(ran(dvc(project, "repro"))) == TRAIN_STAGES
+    assert set(ran(dvc(project, "repro"))) == TRAIN_STAGES | {CHECK}
     for method in ("baseline", "remix"):
         assert json.loads((project / "runs" / method / "train" / "log.json").read_text())["world_size"] == 2
         assert (project / "runs" / method / "train" / "steps-rank1.jsonl").exists()
@@ -94,7 +118,7 @@ def test_repro_runs_then_skips_then_reruns_only_what_changed(project):
 
     edit_params(project, prepare__val_fraction=0.2, prepare__split_file=None)
     out = dvc(project, "repro")
-    assert ran(out)[0] == "prepare" and "synth" not in ran(out)  # prepare, then extract if the manifest changed
+    assert ran(out)[:2] == [CHECK, "prepare"] and "synth" not in ran(out)  # prepare, then extract if the manifest changed
 
 
 def changed_stages(repo: Path) -> set[str]:
@@ -103,8 +127,8 @@ def changed_stages(repo: Path) -> set[str]:
 
 def test_editing_an_imported_module_reruns_exactly_the_stages_that_import_it(project):
     """dvc.yaml's code deps are the import closures (tests/test_dvc_deps.py): a module edit marks the stages whose
-    scripts import it, directly or not, and nothing upstream. The fusion with MMTM (imported lazily, by name) and a
-    module only the train stage imports."""
+    scripts import it, directly or not, and nothing upstream. The fusion with MMTM (imported lazily, by name; the check
+    stage validates train.fusion with the same registry) and a module only the train stage imports."""
     from tests.test_dvc_deps import import_closure, load_pipeline, script_of
 
     dvc(project, "repro")
@@ -113,10 +137,10 @@ def test_editing_an_imported_module_reruns_exactly_the_stages_that_import_it(pro
     closures = {name: import_closure(script_of(spec["cmd"]), project) for name, spec in stages.items()}
     mmtm = next(p.relative_to(project) for p in sorted((project / "train").rglob("*.py"))
                 if re.search(r"^class MMTM", p.read_text(), re.M))
-    train_only = sorted(p for p, by in closures["train@remix"].items()
-                        if by is not None and p not in closures["evaluate@remix"])  # not stages/train.py itself
+    train_only = sorted(p for p, by in closures["train@remix"].items()  # not stages/train.py itself
+                        if by is not None and p not in closures["evaluate@remix"] and p not in closures[CHECK])
     assert train_only, "no module is imported by train but not by evaluate"
-    for module, expected in ((mmtm, TRAIN_STAGES), (train_only[0], {"train@baseline", "train@remix"})):
+    for module, expected in ((mmtm, TRAIN_STAGES | {CHECK}), (train_only[0], {"train@baseline", "train@remix"})):
         assert {name for name, closure in closures.items() if module in closure} == expected, module
         original = (project / module).read_text()
         (project / module).write_text(original + "\n# an edit\n")
@@ -125,3 +149,45 @@ def test_editing_an_imported_module_reruns_exactly_the_stages_that_import_it(pro
         finally:
             (project / module).write_text(original)
         assert changed_stages(project) == set()
+
+
+# ---- a bad value through `dvc repro`: the cases of tests/faults/, which run the stages alone there
+
+def outputs(repo: Path) -> dict[str, str]:
+    """Every file of the pipeline's outputs (data/, features/, runs/) and dvc.lock -> SHA-256 (links followed)."""
+    found = [repo / "dvc.lock", *(p for d in ("data", "features", "runs") for p in sorted((repo / d).rglob("*")))]
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in found if p.is_file()}
+
+
+def misspell_section(repo: Path) -> None:
+    text = (repo / "params.yaml").read_text()
+    assert "\nfeatures:" in text
+    (repo / "params.yaml").write_text(text.replace("\nfeatures:", "\nfeature:", 1))
+
+
+FAULTS = {  # name: (the mistake, the words of the check's one-line error)
+    "bad param": (lambda repo: edit_params(repo, train__lr=0), "check: error: train.lr: must be > 0, got 0"),
+    "bad section": (misspell_section, "check: error: params.yaml: unknown section(s) ['feature']"),
+    "missing root": (lambda repo: edit_params(repo, prepare__root="data/nope"),
+                     "check: error: data/nope: dataset folder not found"),
+}
+
+
+@pytest.mark.parametrize("case", FAULTS)
+def test_a_bad_value_stops_dvc_repro_before_any_output_is_deleted(project, case):
+    """Issue 20's defect 2: DVC deletes a stage's outputs before running it, so `train.lr: 0` cost model.pt,
+    `feature:` the features and a missing root the manifest before the stage's own check refused the value."""
+    mistake, error = FAULTS[case]
+    dvc(project, "repro")  # every output in place and up to date
+    good = (project / "params.yaml").read_text()
+    before = outputs(project)
+    assert "runs/remix/train/model.pt" in before and "data/manifest.csv" in before and "features/index.h5" in before
+    mistake(project)
+    try:
+        out = dvc_fails(project, "repro")
+        assert ran(out) == [CHECK] and "failed to reproduce 'check'" in out, out
+        assert error in out, out
+        assert outputs(project) == before  # nothing deleted, nothing rewritten, dvc.lock as it was
+    finally:
+        (project / "params.yaml").write_text(good)
+    assert ran(dvc(project, "repro")) == []  # the good values again: nothing to do

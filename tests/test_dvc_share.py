@@ -9,20 +9,26 @@ local-directory DVC remote committed as the default and a cache directory shared
 - C, a fresh clone pointed at the same shared cache, checks the outputs out without any remote: they
   are symlinks to the one copy A's run put there, and a `train` param change reruns exactly
   train@* and evaluate@*, whose new outputs go to the shared cache too.
+
+And docs/sharing.md's remote section run as written (its code blocks, with a local folder for the remote and
+a bare repository for the team's): the teammate's `dvc status` is clean and `dvc repro` runs nothing (issue 20's
+defect 5: the documented commit left out runs/*/metrics.json, so evaluate@* reran).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.test_dvc import TRAIN_STAGES, dvc, edit_params, project, ran  # noqa: F401  (project: the fixture)
+from tests.conftest import REPO
+from tests.test_dvc import CHECK, TRAIN_STAGES, dvc, dvc_env, edit_params, make_project, project, ran  # noqa: F401
 
-TRAIN_ONLY = sorted(TRAIN_STAGES)
+TRAIN_ONLY = sorted(TRAIN_STAGES | {CHECK})  # a train param: the check (every value), train@* and evaluate@*
 
 
 def git(repo: Path, *args: str) -> str:
@@ -64,7 +70,7 @@ def team(project, tmp_path_factory) -> Team:
     git(a, "add", "-A")
     git(a, "commit", "-qm", "tiny params, team remote")
     out = ran(dvc(a, "repro"))
-    assert out[:3] == ["synth", "prepare", "extract"] and sorted(out[3:]) == TRAIN_ONLY
+    assert out[:4] == [CHECK, "synth", "prepare", "extract"] and sorted(out[4:]) == sorted(TRAIN_STAGES)
     dvc(a, "push")
     git(a, "add", "-A")
     git(a, "commit", "-qm", "dvc.lock")
@@ -122,3 +128,48 @@ def test_clones_on_one_machine_share_one_cache(team, tmp_path):
     dvc(c, "unprotect", "features/index.h5")
     assert not index.is_symlink() and index.read_bytes() == cached.read_bytes()
     assert stat.S_IMODE(cached.stat().st_mode) == 0o444 and os.path.exists(cached)
+
+
+# ---- docs/sharing.md, as written
+
+def doc_blocks(section: str) -> list[str]:
+    """The ```bash blocks of a section of docs/sharing.md."""
+    text = (REPO / "docs" / "sharing.md").read_text()
+    assert f"\n## {section}\n" in text, f"docs/sharing.md has no section {section!r}"
+    part = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", part, re.S)
+
+
+def shell(block: str, cwd: Path) -> str:
+    """Run a documented block with bash (stopping at the first failing command); its stdout and stderr."""
+    env = dict(dvc_env(), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{block}\n{proc.stdout}{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def test_sharing_through_a_remote_as_docs_sharing_md_writes_it(tmp_path):
+    """The person who runs the pipeline and a teammate, each in a clone of the team's repository, type the two
+    blocks of "Through a DVC remote"; substituted: the remote folder, ``<repo>``, and ``make install`` (the venv
+    exists)."""
+    project = make_project(tmp_path / "project")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "tiny params")
+    origin = tmp_path / "team.git"
+    git(tmp_path, "clone", "-q", "--bare", str(project), str(origin))
+    a = clone(origin, tmp_path / "a")
+    runner, teammate = doc_blocks("Through a DVC remote")[:2]
+    assert "/mnt/nfs/avremix-dvc" in runner and "<repo>" in teammate and "make install" in teammate
+    shell(runner.replace("/mnt/nfs/avremix-dvc", str(tmp_path / "remote")), a)
+    assert git(a, "status", "--porcelain") == ""  # the documented commit took everything DVC left to git
+
+    home = tmp_path / "teammate"
+    home.mkdir()
+    out = shell(teammate.replace("<repo>", str(origin)).replace("make install", ":"), home)
+    b = home / "avremix"
+    assert "dvc repro" in teammate and ran(out) == [], out  # "nothing runs"
+    assert "Data and pipelines are up to date." in dvc(b, "status")
+    assert git(b, "status", "--porcelain") == ""
+    assert (b / "runs" / "remix" / "train" / "model.pt").read_bytes() == \
+        (a / "runs" / "remix" / "train" / "model.pt").read_bytes()

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import grid, reference, tables
+from experiments import cells, grid, reference, render, tables
+from experiments import records as rec
 from tests.conftest import REPO
 from tests.test_dvc import TINY_SYNTH, TINY_TRAIN
 
@@ -73,7 +74,7 @@ def records():
         calls.append((rev, method))
         return {"history": LOGS[rev]} if rev in LOGS else None
 
-    recs = tables.records_from_show(SHOW, read_log)
+    recs = rec.records_from_show(SHOW, read_log)
     assert ("r-bad", "remix") not in calls and ("r-q", "remix") not in calls  # unfinished runs: no log read
     return recs
 
@@ -91,10 +92,40 @@ def test_records_keep_finished_experiments_with_seed_overrides_and_log_sums(reco
 
 
 def test_mean_std_cells():
-    assert tables.fmt(tables.Stat.of([0.8, 0.7]), 100) == "75.00 ± 7.07 (n=2)"  # sample std: 0.1 / sqrt(2)
-    assert tables.fmt(tables.Stat.of([0.9]), 100) == "90.00 (n=1)"
-    assert tables.fmt(tables.Stat.of([2.0, 4.0, 9.0])) == "5.00 ± 3.61 (n=3)"  # sqrt(((-3)^2 + 1 + 16) / 2)
-    assert tables.fmt(None) == "—"
+    assert cells.fmt(cells.Stat.of([0.8, 0.7]), 100) == "75.00 ± 7.07 (n=2)"  # sample std: 0.1 / sqrt(2)
+    assert cells.fmt(cells.Stat.of([0.9]), 100) == "90.00 (n=1)"
+    assert cells.fmt(cells.Stat.of([2.0, 4.0, 9.0])) == "5.00 ± 3.61 (n=3)"  # sqrt(((-3)^2 + 1 + 16) / 2)
+    assert cells.fmt(None) == "—"
+
+
+def test_show_prints_a_compact_table_that_fits_the_terminal(capsys, tmp_path):
+    """experiments.show: one row per run (the workspace's too), method / fusion / seed / the params that differ /
+    val and test accuracy, every line within the width; long settings wrap instead of being cut."""
+    from experiments import show
+
+    ws = {"rev": "workspace", "data": {"params": {"params.yaml": {"data": {"base": {"seed": 0}, "train": {
+        **BASE_TRAIN, "methods": ["remix"], "lr": 0.01}}}}, "metrics": {
+        "runs/remix/metrics.json": {"data": {"method": "remix", "acc_fused": 0.5}}}}, "experiments": None}
+    logs = {rev: {"history": rows, "best": {"val_fused": 0.6 + i / 100}} for i, (rev, rows) in enumerate(LOGS.items())}
+    runs = rec.records_from_show([ws, *SHOW[1:]], lambda rev, method: logs.get(rev) or (
+        {"best": {"val_fused": 0.25}} if rev == "workspace" else None), workspace=True)
+    long = dataclasses.replace(runs[0], name="long", overrides={f"train.method_params.baseline.knob_{i}": i * 1000.5
+                                                                for i in range(12)})
+    text = show.table([*runs, long], width=80)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80, text
+    assert lines[0].split() == ["method", "fusion", "seed", "settings", "val", "%", "test", "%"]
+    assert lines[1].split() == ["remix", "concat", "0", "lr=0.01", "25.0", "50.0"]  # the workspace first
+    rows = [line.split() for line in lines[1:] if line and line[0] != " "]
+    assert ["baseline", "sum", "2", "epochs=4", "—", "60.0"] in rows  # no log.json: no val
+    assert ["remix", "concat", "0", "ablation=decouple", "—", "82.0"] in rows
+    assert ["baseline", "concat", "0", "60.0", "80.0"] in rows  # r-b0: val from its log.json; nothing overridden
+    assert all(f"baseline.knob_{i}={i * 1000.5}" in text for i in range(12))  # wrapped onto more lines, all there
+    assert sum(1 for line in lines if line.startswith(" " * 31)) >= 2
+    rec.save_records(runs, tmp_path / "records.json")
+    show.main(["--width", "60", "--records", str(tmp_path / "records.json")])
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 60 and f"{len(runs)} run(s)" in out
 
 
 @needs_paper
@@ -106,8 +137,8 @@ def test_table1_groups_seeds_and_variants(records):
     assert t1.rows[:2] == [["concat", "75.00 ± 7.07 (n=2)", "88.00 ± 2.83 (n=2)", "+13.00 ± 4.24"],  # remix seed 1: the newest (0.86)
                            ["sum (epochs=4)", "60.00 (n=1)", "—", "—"]]
     assert [r[0] for r in t1.rows[2:]] == ["sum", "decision", "film", "gated"]  # the paper's rows we have no run of
-    assert tables.markdown(t1).startswith("## Table 1: fusion methods, baseline vs remix (fused test accuracy %)\n\n")
-    assert "mmtm" not in tables.markdown(t1)
+    assert render.markdown(t1).startswith("## Table 1: fusion methods, baseline vs remix (fused test accuracy %)\n\n")
+    assert "mmtm" not in render.markdown(t1)
 
 
 @needs_paper
@@ -120,7 +151,7 @@ def test_plotted_bars_are_the_tables_seed_values(records, tmp_path):
     t3 = tables.table3(records)
     assert (t3.unit, t3.bars[0][1]["total"], t3.bars[1][1]["scoring"]) == ("time (s)", [5.0, 7.0], [1.5, 1.5])
     for t in (t1, t3, tables.table6(records)):  # bars, and a table with no runs
-        tables.render_png(t, tmp_path / f"{t.key}.png")
+        render.render_png(t, tmp_path / f"{t.key}.png")
         assert (tmp_path / f"{t.key}.png").stat().st_size > 0
 
 
@@ -153,7 +184,7 @@ def test_tables_2_to_6(records):
     assert t5.rows == [["concat", "75.00 ± 7.07 (n=2)", "80.00 ± 2.83 (n=2)", "—", "88.00 ± 2.83 (n=2)"]]
     t6 = tables.table6(records)  # no dropout run: the concat row (a paper row) from the default runs, and the grid to run
     assert t6.rows[0] == ["concat", "75.00 ± 7.07 (n=2)", "88.00 ± 2.83 (n=2)", "—"] and not t6.filled
-    md6 = tables.markdown(t6)
+    md6 = render.markdown(t6)
     assert ("no runs yet: `python -m experiments.grid --methods remix --fusions concat --seeds 0 1 2 "
             "--set train.unimodal_pred=dropout`") in md6
 
@@ -184,13 +215,13 @@ def test_paper_numbers_and_gains_beside_ours(records):
     def ratio(m):
         return _pair(*(p["3", m, d, "seconds"] / p["3", "baseline", d, "seconds"] for d in datasets))
 
-    md1 = tables.markdown(tables.table1(records))
+    md1 = render.markdown(tables.table1(records))
     assert ("| fusion | baseline | paper baseline (CREMA-D / KS) | remix | paper remix (CREMA-D / KS) | gain (points) "
             "| paper gain (CREMA-D / KS) |") in md1
     assert (f"| concat | 75.00 ± 7.07 (n=2) | {both('1', 'concat', 'acc')} | 88.00 ± 2.83 (n=2) | "
             f"{both('1', 'concat+remix', 'acc')} | +13.00 ± 4.24 | {gain('1', 'concat+remix', 'concat')} |") in md1
     assert f"| film | — | {both('1', 'film', 'acc')} | — | — | — | — |" in md1  # the paper's row, no run of ours
-    md2 = tables.markdown(tables.table2(records))
+    md2 = render.markdown(tables.table2(records))
     assert (f"| remix | concat | 88.00 ± 2.83 (n=2) | {both('2', 'remix', 'acc')} | 50.00 ± 7.07 (n=2) | "
             f"65.00 ± 7.07 (n=2) | 1.38 ± 0.18 (n=2) | {both('2', 'remix', 'factor')} | +13.00 ± 4.24 | "
             f"{gain('2', 'remix', 'baseline')} | +13.00 ± 4.24 | {gain('2', 'remix', 'baseline')} |") in md2
@@ -198,13 +229,13 @@ def test_paper_numbers_and_gains_beside_ours(records):
     assert f"| mla_remix | — | — | {both('2', 'mla_remix', 'acc')} |" in md2
     assert md2.count(gain('2', 'mla_remix', 'mla')) == 1
     assert f"| mla | — | — | {both('2', 'mla', 'acc')} |" in md2
-    md3 = tables.markdown(tables.table3(records))
+    md3 = render.markdown(tables.table3(records))
     assert f"| 9.00 ± 0.00 (n=2) | {both('3', 'remix', 'seconds', '.0f')} | 9.00 | 1.50 | {ratio('remix')} |" in md3
     assert [ratio(m).split(" / ")[0] for m in ("remix", "resample", "mla")] == ["1.65", "2.95", "3.99"]  # the paper's text
     assert f"| {ratio('mla')} |" in md3
-    md5 = tables.markdown(tables.table5(records))
+    md5 = render.markdown(tables.table5(records))
     assert f"| concat | 75.00 ± 7.07 (n=2) | {both('5', 'neither', 'acc')} | 80.00 ± 2.83 (n=2) | " in md5
-    md6 = tables.markdown(tables.table6(records))
+    md6 = render.markdown(tables.table6(records))
     assert f"| {both('6', 'concat+remix', 'dropout')} | {both('6', 'concat', 'dropout')} |" in md6
     assert "Paper's names: concat = Concatenation; sum = Summation" in md6
 
@@ -218,24 +249,50 @@ def test_png_marks_each_paper_value(records, tmp_path):
 
     t1 = tables.table1(records)
     fig, ax = plt.subplots()
-    tables._draw_panel(ax, t1.panels()[0], t1.paper)
+    render._draw_panel(ax, t1.panels()[0], t1.paper)
     marks = [line for line in ax.lines if line.get_marker() in ("D", "^")]
     # one marker per paper value of a plotted column: 5 baselines + 3 remix rows, 2 datasets
     assert sorted(float(m.get_ydata()[0]) for m in marks) == sorted(
         v for (t, row, d, c), v in _csv().items() if t == "1")
     plt.close(fig)
     t3 = tables.table3(records)
-    tables.render_png(t3, tmp_path / "t3.png")  # seconds, then the ratio with the paper's ratios
+    render.render_png(t3, tmp_path / "t3.png")  # seconds, then the ratio with the paper's ratios
     assert (tmp_path / "t3.png").stat().st_size > 0
+
+
+@needs_paper
+def test_each_png_says_which_data_it_is_on_and_titles_what_it_draws(records):
+    import matplotlib.pyplot as plt
+
+    params = {"prepare.root": "data/raw", "synth.num_classes": 6, "synth.clips_per_class": 150}
+    synth = [dataclasses.replace(r, params={**r.params, **params}) for r in records]
+    for t in tables.build(synth):
+        fig = render.table_figure(t)
+        title = fig.axes[0].get_title()
+        assert "ours (bars; dots: seeds): the embedded synthetic dataset (6 classes x 150 clips)" in title, t.key
+        if any(t.paper):  # the paper's markers: on its own datasets
+            assert "paper (its own tables): ◇ CREMA-D / △ Kinetics-Sounds" in title, t.key
+        drawn = {text.get_text() for ax in fig.axes if ax.get_legend() for text in ax.get_legend().get_texts()}
+        if t.key == "table2":  # the PNG draws the accuracies, not the expansion factor or the gains
+            assert title.startswith("Table 2: balancing methods, test accuracy % (fused, and each modality alone)")
+            assert "expansion" not in title and "gain" not in title
+            assert {"fused", "audio-only", "video-only"} <= drawn, drawn
+        plt.close(fig)
+    real = [dataclasses.replace(r, params={**r.params, "prepare.root": "/data/CREMA-D", "prepare.dataset": "cremad"})
+            for r in records]
+    assert rec.describe_data(real) == "cremad at /data/CREMA-D"
+    assert "ours (bars; dots: seeds): cremad at /data/CREMA-D" in render.table_figure(tables.table1(real)).axes[0].get_title()
+    assert render.document(tables.build(real)).count("on cremad at /data/CREMA-D.") == 1
+    plt.close("all")
 
 
 @needs_paper
 def test_records_file_round_trip_and_paper_only(records, tmp_path, capsys):
     path = tmp_path / "r" / "records.json"
-    tables.save_records(records, path)
-    assert tables.load_records(path) == records
+    rec.save_records(records, path)
+    assert rec.load_records(path) == records
     tables.main(["--from-records", "--records", str(path), "--out", str(tmp_path / "out")])
-    assert (tmp_path / "out" / "tables.md").read_text() == tables.document(tables.build(records))
+    assert (tmp_path / "out" / "tables.md").read_text() == render.document(tables.build(records))
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"table{i}.png" for i in range(1, 7)]
     with pytest.raises(SystemExit, match="no saved records"):
         tables.main(["--from-records", "--records", str(tmp_path / "none.json"), "--out", str(tmp_path / "o2")])
@@ -367,13 +424,13 @@ def test_grid_then_tables_end_to_end(project):
     again = _run(project, sys.executable, "-m", "experiments.tables", "--out", "again", "--paper-csv", str(paper),
                  "--from-records", "--records", "out/records.json")  # the saved runs render the same tables
     assert again.returncode == 0 and (project / "again" / "tables.md").read_text() == md, again.stderr
-    cells = [tables.fmt(tables.Stat.of([acc[m, 0], acc[m, 1]]), 100) for m in ("baseline", "remix")]
+    cells = [cells.fmt(cells.Stat.of([acc[m, 0], acc[m, 1]]), 100) for m in ("baseline", "remix")]
     gain = (acc["remix", 0] + acc["remix", 1] - acc["baseline", 0] - acc["baseline", 1]) / 2 * 100
     row = next(line for line in md.split("## Table 2")[0].splitlines() if line.startswith("| concat |"))
     assert row.startswith(f"| concat | {cells[0]} | 60.00 / — | {cells[1]} | 61.50 / — | {gain:+.2f} ± "), md
     lo, hi = (float(x) for x in row.split("[")[1].split("]")[0].split(","))  # the bootstrap interval over clips
     assert lo <= gain <= hi and row.endswith(f"{'*' if lo > 0 or hi < 0 else ''} | +1.50 / — |"), row
-    saved = tables.load_records(project / "out" / "records.json")  # each run's per-clip predictions were read
+    saved = rec.load_records(project / "out" / "records.json")  # each run's per-clip predictions were read
     for r in saved:
         assert len(r.clip_keys) == r.metrics["samples"] and r.right["fused"].count("1") == round(
             r.metrics["acc_fused"] * r.metrics["samples"]), r.name
@@ -384,6 +441,13 @@ def test_grid_then_tables_end_to_end(project):
     assert "| baseline | concat | " in md.split("## Table 2")[1] and "1.00 ± 0.00 (n=2) |" in md.split("## Table 2")[1]
     assert "no runs yet" in md.split("## Table 4")[1]
     assert sorted(p.name for p in (project / "out").glob("*.png")) == [f"table{i}.png" for i in range(1, 7)]
+    shown = _run(project, sys.executable, "-m", "experiments.show", "--width", "80")  # the readable `dvc exp show`
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, shown.stdout
+    for (method, seed), value in acc.items():  # each run's row: method, fusion, seed, ..., val %, test %
+        assert any(line.split()[:3] == [method, "concat", str(seed)] and line.split()[-1] == f"{100 * value:.1f}"
+                   for line in lines), shown.stdout
 
     bad = _run(project, sys.executable, "-m", "experiments.grid", "--methods", "nosuch", "--seeds", "0", "--name", "bad",
                "--poll", "3", "--timeout", "200")  # a bad method fails before anything is queued, naming the key
@@ -402,7 +466,7 @@ def test_grid_then_tables_end_to_end(project):
 def _rec(name, method, seed, history, ts="2026-01-01", **overrides):
     params = {"train.ablation": "full", "train.unimodal_pred": "heads", "train.grad_angle": "", "train.warmup_epochs": 1,
               **overrides}
-    return tables.Record(name=name, rev=name, timestamp=ts, method=method, fusion="concat", seed=seed, params=params,
+    return rec.Record(name=name, rev=name, timestamp=ts, method=method, fusion="concat", seed=seed, params=params,
                          overrides=overrides, metrics={}, history=tuple(history))
 
 
@@ -429,4 +493,24 @@ def test_figure3_curves_average_seeds_and_split_by_reassembly(tmp_path):
     assert p["a"][0].mean == [0.0, 10.0] and p["a"][1].mean == [5.0, 5.0]
     figure3.render(p, "audio", tmp_path / "f.png", warmup_epochs=1)
     assert (tmp_path / "f.png").stat().st_size > 0
+    fig = figure3.figure(p, "audio", warmup_epochs=1, data="the embedded synthetic dataset (3 classes x 4 clips)")
+    a, b, c = fig.axes
+    assert "on the embedded synthetic dataset (3 classes x 4 clips)" in fig._suptitle.get_text()  # which data
+    assert "the paper's Figure 3 is on CREMA-D" in fig._suptitle.get_text()
+    for ax in (a, b, c):  # the warm-up line is in each panel's legend
+        assert "end of warm-up (1 epoch)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert b.get_yscale() == "log" and a.get_yscale() == "linear"  # epoch 0's ratio does not flatten the rest
     assert figure3.panels([], ["audio"], "audio") == {"a": [], "b": [], "c": []}
+
+
+def test_experiments_and_pipeline_import_graph(monkeypatch):
+    """No import cycle among experiments/, pipeline/ and train/ (tables <-> tuning was one, through function-level
+    imports), no project module imported inside a function there, and pipeline/ imports nothing of experiments/
+    (the preset runner is a pipeline tool; the experiment tooling builds on it, not the reverse)."""
+    from tests import test_imports
+
+    monkeypatch.setattr(test_imports, "SCANNED", ("train", "pipeline", "experiments"))
+    assert test_imports.cycles() == []
+    assert [f"{i.source} -> {i.target} (line {i.line})" for i in test_imports.function_level_offenders()] == []
+    assert [f"{i.source} -> {i.target}" for i in test_imports.all_imports()
+            if i.source.startswith("pipeline") and i.target.startswith("experiments")] == []

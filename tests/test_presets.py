@@ -79,13 +79,33 @@ def test_bad_presets_and_overrides_fail_naming_the_key(tmp_path, monkeypatch):
         presets.run_preset(str(bad), root=str(tmp_path), dry_run=True)
 
 
-def test_dry_run_prints_the_dvc_command(tmp_path, monkeypatch, capsys):
+def test_dry_run_prints_the_dvc_command(cremad_raw, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    assert presets.run_preset("cremad_paper", root=str(tmp_path), sets=["train.seed=1"], dry_run=True) == 0
+    split = tiny_split(cremad_raw, tmp_path / "split")
+    assert presets.run_preset("cremad_paper", root=str(cremad_raw), sets=["train.seed=1", f"prepare.split_file={split}"],
+                              dry_run=True) == 0
     out = capsys.readouterr().out
-    assert out.startswith("dvc exp run -n cremad_paper -S prepare.dataset=cremad ")
-    assert f"-S prepare.root={tmp_path} -S train.seed=1 evaluate" in out  # the root, then --set, last
+    assert out.startswith(f"dataset: cremad at {cremad_raw}: 12 clips, 3 classes, ")  # the adapter listed the root
+    # in a temporary copy (see the last test), with the untracked code the stages import (-C: this checkout's own)
+    assert re.search(r"\ndvc exp run --temp -n cremad_paper (-C (stages|pipeline|train)/\S+ )*-S prepare.dataset=cremad ",
+                     out), out
+    assert f"-S prepare.root={cremad_raw} -S train.seed=1 -S prepare.split_file={split} evaluate" in out  # root, then --set
     assert "-S 'train.methods=[baseline, remix]'" in out and "-S train.lr=5.0e-05" in out
+
+
+def test_dry_run_checks_the_roots_layout_with_the_adapter(cremad_raw, kinetics_raw, tmp_path, monkeypatch):
+    """--dry-run lists the dataset as prepare will: a root of the wrong layout, an empty one, or one the preset's split
+    lists do not describe fails naming what is wrong, before any dvc command (the check of `prepare` itself)."""
+    monkeypatch.chdir(REPO)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: no VideoFlash/ or AudioWAV/ folder"):
+        presets.run_preset("cremad_paper", root=str(tmp_path / "empty"), dry_run=True)
+    with pytest.raises(ValueError, match="no VideoFlash/ or AudioWAV/ folder"):  # Kinetics-Sounds' tree for CREMA-D
+        presets.run_preset("cremad_paper", root=str(kinetics_raw), dry_run=True)
+    with pytest.raises(ValueError, match=r"empty: no clips found"):
+        presets.run_preset("kinetics_sounds_paper", root=str(tmp_path / "empty"), dry_run=True)
+    with pytest.raises(ValueError, match=r"as listed by the split folder presets/cremad_split\) are flagged"):
+        presets.run_preset("cremad_paper", root=str(cremad_raw), dry_run=True)  # the real lists name absent clips
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +157,27 @@ def test_a_preset_runs_as_a_dvc_experiment(project, name, raw, request, tmp_path
     for method in params["train"]["methods"]:
         metrics = data["metrics"][f"runs/{method}/metrics.json"]["data"]
         assert metrics["method"] == method and 0 <= metrics["acc_fused"] <= 1
+
+
+def _workspace(repo: Path) -> dict[str, bytes]:
+    """Every file of the project but git's and DVC's own (whose temporary files and refs change)."""
+    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*"))
+            if p.is_file() and not p.relative_to(repo).parts[0] in (".git", ".dvc")}
+
+
+def test_a_failed_preset_run_leaves_the_workspace_as_it_was(project, kinetics_raw, tmp_path):
+    """A preset whose experiment fails after prepare has run (here: training on a CUDA device this machine lacks)
+    leaves params.yaml, dvc.lock and every output as they were: it ran in a temporary copy of the project."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA (train.device=cuda must fail)")
+    before, status = _workspace(project), _run(project, "git", "status", "--porcelain").stdout
+    sets = [*REDUCED, "prepare.val_fraction=0.4", "train.device=cuda"]  # prepare reruns; then training fails
+    proc = _run(project, sys.executable, "-m", "pipeline.presets", "kinetics_sounds_paper", "--root", str(kinetics_raw),
+                "--name", "fails", "--set", *sets)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "params.yaml, dvc.lock and the outputs here are unchanged" in proc.stderr, proc.stderr[-3000:]
+    after = _workspace(project)
+    assert sorted(after) == sorted(before) and [k for k in before if before[k] != after[k]] == []
+    assert _run(project, "git", "status", "--porcelain").stdout == status

@@ -2,7 +2,7 @@
 
 - :mod:`train.models`    ResNet-18 encoders (torchvision blocks), unimodal heads, the model around a fusion head
 - :mod:`train.fusions`   the fusions (late heads and intermediate models), one file each; ``build_model`` by name
-- :mod:`train.sampler`   :class:`RemixBatchSampler`: modality-pure, shard-local batches from metadata
+- :mod:`train.sampler`   :class:`RemixBatchSampler`: modality-pure batches from windows of shards, from metadata
 - :mod:`train.data`      :class:`ShardDataset`: seek-based reads from the shards, transforms, loaders
 - :mod:`train.config`    :class:`TrainConfig`, the ``train`` params
 - :mod:`train.methods`   every method, one file each (``remix.py``: Data Remixing's scoring, assignment, scores file)

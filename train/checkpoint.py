@@ -30,6 +30,7 @@ except ImportError:  # not POSIX: no lock
 import numpy as np
 import torch
 
+from pipeline import lifetime
 from pipeline.fileio import atomic_path, remove_path, staged_dir
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ RESUME = "resume.pt"  # the training state in the work folder
 MODEL = "model.pt"  # the checkpoint selected on validation
 LOCK = ".lock"  # held by the run working in the folder; names its PID and host
 # settings that do not change the result: a resume state saved under other values is still valid
-NOT_IN_KEY = ("methods", "workers", "checkpoint_every", "nproc", "verify_shards")
+NOT_IN_KEY = ("methods", "workers", "checkpoint_every", "nproc", "verify_shards", "source", "cache_mb",
+              "fetch_threads", "fetch_retries", "fetch_timeout_s")
 
 
 class StateError(RuntimeError):
@@ -123,7 +125,11 @@ def clear(work_dir: Path) -> None:
 def publish(work_dir: Path, out_dir: Path) -> None:
     """Move a finished run's files from ``work_dir`` (all but the resume state and the lock) to ``out_dir``,
     replacing it whole (:func:`pipeline.fileio.staged_dir`: ``out_dir`` is the old or the new one at every
-    moment), then remove ``work_dir``; the lock stays held until ``work_dir`` is gone."""
+    moment), then remove ``work_dir``; the lock stays held until ``work_dir`` is gone. Nothing is published once the
+    dvc process that started the run is gone (:func:`pipeline.lifetime.owner_alive`): DVC would not record it."""
+    if not lifetime.owner_alive():
+        raise StateError(f"{out_dir}: not published: the dvc process that started this run is gone; {work_dir} "
+                         f"keeps the finished run, which the next run resumes from")
     (work_dir / RESUME).unlink(missing_ok=True)  # from here a kill means a fresh rerun, never a resume without files
     with staged_dir(out_dir) as staging:
         for p in work_dir.iterdir():

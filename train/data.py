@@ -5,7 +5,7 @@
 (``index.indices(split)[i]``) with one open and one seek per member, never parsing a tar.
 Paired with :class:`train.sampler.RemixBatchSampler` as the DataLoader's
 ``batch_sampler``, each worker reads whole batches whose samples lie in one or two
-shards. :func:`make_loader` builds that DataLoader.
+shuffle windows of shards (``train.shuffle_window``). :func:`make_loader` builds that DataLoader.
 
 Item (a dict; the default collate stacks it into a batch):
 
@@ -21,12 +21,18 @@ key           type / shape          meaning
 
 Frame transforms (torchvision.transforms.v2 functional ops, on the [T, 3, H, W] stack):
 
-- train: RandomResizedCrop(S, scale=(0.5, 1), ratio=(3/4, 4/3)) then RandomHorizontalFlip
-  (p=0.5). The crop box and the flip are drawn ONCE per clip and applied to all T
-  frames, so the frames stay spatially aligned (the field's clip-level augmentation).
-  Random draws use torch's global RNG, which the DataLoader seeds per worker
-  (``torch.manual_seed`` in the main process makes a run reproducible).
+- train: RandomResizedCrop(S, scale=(crop_scale_min, 1), ratio=(3/4, 4/3)) then RandomHorizontalFlip
+  (p=0.5). ``crop="clip"``: the crop box and the flip are drawn ONCE per clip and applied to all T
+  frames, so the frames stay spatially aligned (the field's clip-level augmentation); ``crop="frame"``:
+  one draw per frame (the official Data Remixing code). The draws come from a generator seeded by
+  (seed, epoch, sample, copy) (:func:`augmentation_generator`): a resumed run, any worker count and any
+  rank draw the same crops.
 - eval: resize the short side to S (aspect kept), then center crop S x S: deterministic.
+
+Frames per clip (``clip_frames``): 0 feeds every stored frame; n > 0 cuts the T stored frames into n
+segments of ``T // n`` and feeds one frame of each: a random one in training (its own seeded stream,
+:func:`frame_choice_generator`), the segment's middle at eval (the official code's 2-frame sampling).
+Only the chosen frames are decoded.
 
 Frames are stored as JPEG (``frame<i>.jpg``) or raw uint8 arrays (``frame<i>.npy``, ``features.frame_codec:
 raw``); the reader dispatches on the members' extensions (:func:`frame_payload`, :func:`decode_payloads`).
@@ -87,13 +93,32 @@ def random_resized_crop_params(height: int, width: int, scale=CROP_SCALE, ratio=
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def train_frames(frames: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 [T, 3, H, W] -> uint8 [T, 3, size, size]: one random resized crop and one flip for all T frames."""
-    top, left, h, w = random_resized_crop_params(frames.shape[-2], frames.shape[-1], generator=generator)
+def train_frames(frames: torch.Tensor, size: int, generator: torch.Generator | None = None, *,
+                 per_frame: bool = False, scale_min: float = CROP_SCALE[0]) -> torch.Tensor:
+    """uint8 [T, 3, H, W] -> uint8 [T, 3, size, size]: one random resized crop (area share in [scale_min, 1]) and
+    one flip for all T frames, or (``per_frame``) one of each per frame, drawn in frame order."""
+    if per_frame:
+        return torch.cat([train_frames(f[None], size, generator, scale_min=scale_min) for f in frames])
+    top, left, h, w = random_resized_crop_params(frames.shape[-2], frames.shape[-1], scale=(scale_min, 1.0),
+                                                 generator=generator)
     out = TF.resized_crop(frames, top, left, h, w, [size, size], antialias=True)
     if torch.rand(1, generator=generator).item() < 0.5:
         out = TF.horizontal_flip(out)
     return out
+
+
+def choose_frames(stored: int, n: int, generator: torch.Generator | None) -> list[int]:
+    """Which of ``stored`` frames a clip feeds: all (``n`` 0), or one per segment of ``stored // n`` frames: a
+    random one (``generator``: training) or the segment's middle (None: eval); needs ``stored >= n``."""
+    if n == 0:
+        return list(range(stored))
+    seg = stored // n
+    if seg < 1:
+        raise ValueError(f"train.clip_frames {n} > the {stored} frames stored per clip (features.num_frames)")
+    if generator is None:
+        return [min(k * seg + seg // 2, stored - 1) for k in range(n)]
+    return [int(torch.randint(k * seg, min((k + 1) * seg, stored), (1,), generator=generator).item())
+            for k in range(n)]
 
 
 def eval_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -146,6 +171,12 @@ def augmentation_generator(seed: int, epoch: int, i: int, copy: int = 0) -> torc
     return torch.Generator().manual_seed(int(state >> np.uint64(1)))
 
 
+def frame_choice_generator(seed: int, epoch: int, i: int, copy: int = 0) -> torch.Generator:
+    """The stream that picks sample ``i``'s training frames (``clip_frames``), apart from its crop stream."""
+    state = np.random.SeedSequence([seed, epoch, i, copy, 1]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
+
+
 def decode_mel(data: bytes) -> np.ndarray:
     """``mel.npy`` bytes -> the stored float16 [F, L] array."""
     return np.load(io.BytesIO(data), allow_pickle=False)
@@ -163,10 +194,14 @@ class ShardDataset(torch.utils.data.Dataset):
         mel_mean, mel_std: mel normalisation (see :func:`estimate_mel_stats`).
         gpu_decode: decode JPEGs on the GPU when CUDA is available (workers=0 only).
         seed: seeds the training augmentation with the epoch and sample (:meth:`augmentation_generator`).
+        clip_frames: frames fed per clip (0: every stored frame; n: one per segment, module docstring).
+        crop: ``"clip"`` (one crop and flip per clip) or ``"frame"`` (one per frame).
+        crop_scale_min: smallest area share of the training crop.
     """
 
     def __init__(self, index: IndexReader, split: str, *, train: bool, frame_size: int,
-                 mel_mean: float = 0.0, mel_std: float = 1.0, gpu_decode: bool = False, seed: int = 0):
+                 mel_mean: float = 0.0, mel_std: float = 1.0, gpu_decode: bool = False, seed: int = 0,
+                 clip_frames: int = 0, crop: str = "clip", crop_scale_min: float = CROP_SCALE[0]):
         if split not in index.splits:
             raise ValueError(f"unknown split {split!r}: the index has {index.splits}")
         if frame_size < 1:
@@ -183,6 +218,10 @@ class ShardDataset(torch.utils.data.Dataset):
         self.frame_members = tuple(index.frame_members)
         if MEL_MEMBER not in index.members or not self.frame_members:
             raise ValueError(f"{index.path}: members {index.members} lack {MEL_MEMBER} or frames")
+        if crop not in ("clip", "frame") or not 0 < crop_scale_min <= 1:
+            raise ValueError(f"crop must be clip | frame and 0 < crop_scale_min <= 1, got {crop!r}, {crop_scale_min}")
+        self.clip_frames, self.crop, self.crop_scale_min = int(clip_frames), crop, float(crop_scale_min)
+        choose_frames(len(self.frame_members), self.clip_frames, None)  # raises when too few frames are stored
         self.frame_codec = index.frame_codec  # jpeg | raw, from the members' extensions
         if gpu_decode and not torch.cuda.is_available():
             warnings.warn("gpu_decode=True but CUDA is not available: decoding JPEGs on the CPU", stacklevel=2)
@@ -205,11 +244,18 @@ class ShardDataset(torch.utils.data.Dataset):
 
     @property
     def num_frames(self) -> int:
-        return len(self.frame_members)
+        """T, the frames each item holds."""
+        return self.clip_frames or len(self.frame_members)
 
-    def decode_frames(self, members: dict[str, bytes]) -> torch.Tensor:
-        """The sample's frame members (JPEG or raw) -> uint8 [T, 3, H, W] (on the GPU with ``gpu_decode``)."""
-        data = [frame_payload(members[m], self.frame_codec) for m in self.frame_members]
+    def chosen_members(self, epoch: int, i: int, copy: int = 0) -> list[str]:
+        """The frame members item ``(i, epoch, copy)`` feeds (``clip_frames``), in time order."""
+        gen = frame_choice_generator(self.seed, epoch, i, copy) if self.train and self.clip_frames else None
+        return [self.frame_members[k] for k in choose_frames(len(self.frame_members), self.clip_frames, gen)]
+
+    def decode_frames(self, members: dict[str, bytes], names: list[str] | None = None) -> torch.Tensor:
+        """The sample's frame members ``names`` (default all; JPEG or raw) -> uint8 [T, 3, H, W] (on the GPU with
+        ``gpu_decode``)."""
+        data = [frame_payload(members[m], self.frame_codec) for m in (names or self.frame_members)]
         if self.gpu_decode and torch.utils.data.get_worker_info() is not None:
             raise RuntimeError("gpu_decode needs workers=0: CUDA cannot be used in DataLoader workers")
         return torch.stack(decode_payloads(data, self.frame_codec, "cuda" if self.gpu_decode else "cpu"))
@@ -227,7 +273,8 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def transform_frames(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> float32 [T, 3, S, S] with this dataset's (train or eval) transform."""
-        frames = (train_frames(frames, self.frame_size, generator) if self.train
+        frames = (train_frames(frames, self.frame_size, generator, per_frame=self.crop == "frame",
+                               scale_min=self.crop_scale_min) if self.train
                   else eval_frames(frames, self.frame_size))
         return normalize_frames(frames)
 
@@ -242,7 +289,8 @@ class ShardDataset(torch.utils.data.Dataset):
         repeats), ``(i, m)`` (epoch 0) or ``i`` (multimodal, epoch 0)."""
         i, m, epoch, copy, row, members, mel = self.read_item(item)  # mel: [1, F, L]
         generator = self.augmentation_generator(epoch, i, copy) if self.train else None
-        frames = self.transform_frames(self.decode_frames(members), generator)  # [T, 3, S, S]
+        names = self.chosen_members(epoch, i, copy)
+        frames = self.transform_frames(self.decode_frames(members, names), generator)  # [T, 3, S, S]
         return {"mel": mel, "frames": frames, "label": int(self.index.label[row]), "index": i, "modality": m}
 
 
@@ -304,8 +352,8 @@ def estimate_mel_stats(index: IndexReader, split: str = "train", max_samples: in
     if rows.size > max_samples:
         rows = rows[np.linspace(0, rows.size - 1, max_samples).round().astype(np.int64)]
     total = total_sq = count = 0.0
-    for row in rows:
-        mel = decode_mel(index.read_member(int(row), MEL_MEMBER)).astype(np.float64)
+    for data in index.read_members(rows, MEL_MEMBER):
+        mel = decode_mel(data).astype(np.float64)
         total += mel.sum()
         total_sq += np.square(mel).sum()
         count += mel.size

@@ -13,37 +13,41 @@ momentum, no weight decay), so a masked encoder is not moved by the step. DDP's
 over ranks at the end of every epoch (:func:`average_buffers`), so all ranks hold identical
 weights, and validation and scoring, each run over the whole split on every rank, agree.
 
-No rank outlives its launcher: :func:`die_with_launcher` makes each rank (which torchrun starts in a
-session of its own, out of reach of a kill of the launcher's process group) get SIGKILL when torchrun
-dies, and exit at once if it is already gone; the rendezvous and every collective time out after
-:func:`timeout_s` seconds with an error naming what timed out (:func:`setup`, :func:`watchdog`).
+No rank outlives its launcher: :func:`launch` (``stages/train.py`` under ``train.nproc > 1``) runs torchrun
+as a child that gets SIGKILL when the stage dies (:func:`pipeline.lifetime.spawn_bound`), and
+:func:`die_with_launcher` makes each rank (which torchrun starts in a session of its own, out of reach of a
+kill of the launcher's process group) get SIGKILL when torchrun dies, and exit at once if it is already
+gone; so a kill of the stage or of torchrun ends every rank (and its DataLoader workers, which stop when
+their rank is gone), and the stage's owner watch (:func:`pipeline.lifetime.bind_to_owner`) ends them all
+when the dvc process dies. The rendezvous and every collective time out after :func:`timeout_s` seconds
+with an error naming what timed out (:func:`setup`, :func:`watchdog`).
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import datetime
 import logging
 import os
 import signal
 import sys
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipeline import lifetime
 from pipeline.params import ConfigError
 
 log = logging.getLogger(__name__)
 
-# set by stages/train.py before it becomes torchrun (exec keeps the PID): the parent each rank checks it still has
+# torchrun's PID, set in its environment by :func:`launch`: the parent each rank checks it still has
 LAUNCHER_PID = "AVREMIX_LAUNCHER_PID"
 TIMEOUT_ENV = "AVREMIX_DIST_TIMEOUT_S"  # overrides TIMEOUT_S (seconds)
 # the rendezvous, and any one collective: ranks wait for each other at every step, so a rank that waits longer has
 # lost a peer (dead or hung); generous for a skewed start (every rank verifies the shards' SHA-256 first)
 TIMEOUT_S = 300.0
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class DistError(RuntimeError):
@@ -90,20 +94,33 @@ def die_with_launcher() -> None:
     torchrun starts every rank in a session of its own, so a SIGKILL of the launcher's process group (``kill -9``
     of ``dvc repro``'s group, a CI timeout) kills torchrun but not the ranks, and torchrun killed cannot forward
     the signal: the parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``) does. A parent that died before the
-    call is caught by checking, after it, that the parent is still torchrun, whose PID stages/train.py passes
+    call is caught by checking, after it, that the parent is still torchrun, whose PID :func:`launch` passes
     down (``$AVREMIX_LAUNCHER_PID``; torchrun started by hand passes none: no such check, as PID 1 may be a
     container's torchrun). A no-op outside torchrun (no ``LOCAL_RANK``).
     """
     if "LOCAL_RANK" not in os.environ:
         return
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this rank may outlive torchrun", ctypes.get_errno())
+    if sys.platform.startswith("linux") and not lifetime.set_parent_death_signal(signal.SIGKILL):
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: this rank may outlive torchrun")
     launcher = int(os.environ.get(LAUNCHER_PID, "0") or 0)
     if launcher and os.getppid() != launcher:  # reparented: torchrun died before the prctl
         raise SystemExit(f"rank {os.environ.get('RANK', '?')}: its launcher (torchrun, PID {launcher}) is gone; "
                          f"this rank stops")
+
+
+def launch(nproc: int, args: Sequence[str], pythonpath: str) -> int:
+    """Run ``torchrun --standalone --nproc_per_node=<nproc> <args>`` as a child bound to this process (it gets
+    SIGKILL when this process dies, and its ranks die with it: :func:`die_with_launcher`), with ``pythonpath``
+    first on ``$PYTHONPATH``; wait for it. Its exit status (negative: the signal that killed it)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join([pythonpath, *filter(None, [os.environ.get("PYTHONPATH")])])
+    proc = lifetime.spawn_bound([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 f"--nproc_per_node={nproc}", *args], pid_env=LAUNCHER_PID)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:  # this process is stopping (Ctrl-C): so does the run
+            proc.kill()
+            proc.wait()
 
 
 def setup(backend: str = "auto", timeout: float | None = None) -> Dist:

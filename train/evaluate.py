@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from pipeline.fileio import staged_dir, strict_json_value, write_json_strict
-from pipeline.shards import IndexReader
 from train.checkpoint import dataset_fingerprint
 from train.config import TrainConfig
-from train import loaders
+from train import loaders, shard_cache
 from train.methods import build_method
 from train.fusions import build_model
 from train.inference import accuracies, imbalance_ratio, pick_device, predict
@@ -72,7 +71,7 @@ def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split
     except ValueError as err:
         raise ValueError(f"{model_path}: its training settings do not hold for this avremix ({err}): retrain it "
                          f"(`dvc repro train@<method>`)") from None
-    index = IndexReader(index_path)
+    index = shard_cache.open_index(index_path, cfg, shard_cache.cache_dir_of(run_dir / "train"))  # the run's source
     if split not in index.splits or not len(index.indices(split)):
         raise ValueError(f"{index_path} has no {split} samples: nothing to evaluate on")
     index.verify((split,), content=cfg.verify_shards == "sha256")
@@ -88,8 +87,8 @@ def evaluate(*, index_path: str | os.PathLike, run_dir: str | os.PathLike, split
     method = build_method(ckpt["method"], cfg, mods, num_classes, cfg.method_params)
     model = method.prepare_model(build_model(mods, num_classes, cfg.width, cfg.fusion)).to(device)
     model.load_state_dict(ckpt["model"])
-    ds = loaders.dataset(index, split, cfg.decode, train=False, frame_size=cfg.frame_size, mel_mean=ckpt["mel_mean"],
-                         mel_std=ckpt["mel_std"])
+    ds = loaders.dataset(index, split, cfg.decode, train=False, mel_mean=ckpt["mel_mean"], mel_std=ckpt["mel_std"],
+                         **loaders.frame_settings(cfg))
     loader = loaders.whole_split_loader(ds, batch_size=64, workers=cfg.workers, num_modalities=len(mods), device=device)
     pred = predict(model, loader, mods, device, cfg.unimodal_pred, method=method)
     acc = accuracies(pred, mods)

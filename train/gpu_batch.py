@@ -52,7 +52,7 @@ class ShardBytesDataset(ShardDataset):
 
     def __getitem__(self, item: tuple[int, ...] | int) -> dict:
         i, m, epoch, copy, row, members, mel = self.read_item(item)
-        payloads = [frame_payload(members[f], self.frame_codec) for f in self.frame_members]
+        payloads = [frame_payload(members[f], self.frame_codec) for f in self.chosen_members(epoch, i, copy)]
         return {"mel": mel, "payloads": payloads, "label": int(self.index.label[row]), "index": i, "modality": m,
                 "epoch": epoch, "copy": copy}
 
@@ -97,10 +97,13 @@ class BatchDecoder:
     train: bool
     frame_size: int
     seed: int
+    crop: str = "clip"  # clip | frame: one crop per clip or per frame (ShardDataset's)
+    crop_scale_min: float = 0.5  # smallest area share of the training crop (ShardDataset's)
 
     @classmethod
     def of(cls, dataset: ShardDataset) -> BatchDecoder:
-        return cls(dataset.frame_codec, dataset.train, dataset.frame_size, dataset.seed)
+        return cls(dataset.frame_codec, dataset.train, dataset.frame_size, dataset.seed, dataset.crop,
+                   dataset.crop_scale_min)
 
     def __call__(self, batch: dict, device: str | torch.device) -> dict:
         return decode_batch(batch, self, device)
@@ -122,7 +125,8 @@ def _transform(frames: list[torch.Tensor], batch: dict, decoder: BatchDecoder) -
     size = decoder.frame_size
     if decoder.train:
         keys = zip(batch["epoch"].tolist(), batch["index"].tolist(), batch["copy"].tolist())
-        return torch.stack([train_frames(f, size, augmentation_generator(decoder.seed, epoch, i, copy))
+        return torch.stack([train_frames(f, size, augmentation_generator(decoder.seed, epoch, i, copy),
+                                         per_frame=decoder.crop == "frame", scale_min=decoder.crop_scale_min)
                             for f, (epoch, i, copy) in zip(frames, keys)])
     if len({f.shape for f in frames}) == 1:  # one resize call for the whole batch (per image: same result)
         return eval_frames(torch.cat(frames), size).view(len(frames), -1, 3, size, size)

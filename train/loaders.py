@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from pipeline.shards import IndexReader
+from train import prefetch
 from train.data import ShardDataset, make_loader, whole_split_sampler
 from train.gpu_batch import BatchDecoder, DecodedLoader, ShardBytesDataset, make_bytes_loader
 
@@ -28,13 +29,28 @@ def dataset(index: IndexReader, split: str, decode: str, **kwargs) -> ShardDatas
     return cls(index, split, **kwargs)
 
 
+def frame_settings(cfg) -> dict:
+    """The dataset keyword arguments of the ``train`` settings that shape the frames (a TrainConfig)."""
+    return dict(frame_size=cfg.frame_size, clip_frames=cfg.clip_frames, crop=cfg.crop,
+                crop_scale_min=cfg.crop_scale_min)
+
+
 def loader(ds: ShardDataset, batch_sampler, *, workers: int, device: torch.device) -> Iterable[dict]:
     """The batches of ``batch_sampler`` over ``ds``: a DataLoader (``sample``), or a byte loader whose batches
-    are decoded on ``device`` (``batch``: ``ds`` a :class:`ShardBytesDataset`)."""
+    are decoded on ``device`` (``batch``: ``ds`` a :class:`ShardBytesDataset`). Over a remote index
+    (``train.source``), the sampler's batches drive the shard cache (:mod:`train.prefetch`)."""
+    cache = prefetch.cache_of(ds)
+    planned = None if cache is None else prefetch.PlannedSampler(batch_sampler, ds.shard_ids(), cache)
+    sampler = batch_sampler if planned is None else planned
     if isinstance(ds, ShardBytesDataset):
-        return DecodedLoader(make_bytes_loader(ds, batch_sampler, workers=workers), BatchDecoder.of(ds),
-                             torch.device(device))
-    return make_loader(ds, batch_sampler, workers=workers)
+        inner = make_bytes_loader(ds, sampler, workers=workers)
+        out = DecodedLoader(inner, BatchDecoder.of(ds), torch.device(device))
+    else:
+        out = inner = make_loader(ds, sampler, workers=workers)
+    if planned is None:
+        return out
+    planned.lag = prefetch.lag_of(inner)
+    return prefetch.PlannedLoader(out, planned)
 
 
 def whole_split_loader(ds: ShardDataset, *, batch_size: int, workers: int, num_modalities: int,

@@ -28,8 +28,8 @@ def assigned_loss(out, y: torch.Tensor, m_code: torch.Tensor, gamma: float, moda
     return loss
 
 
-def joint_loss(model, out, y: torch.Tensor, config) -> torch.Tensor:
-    """The baseline's loss: L_fused with the heads as probes (``baseline_loss: fused``) or eq. 1 (``eq1``)."""
-    if config.baseline_loss == "fused":
+def joint_loss(model, out, y: torch.Tensor, config, form: str = "fused") -> torch.Tensor:
+    """Joint training's loss: L_fused with the heads as probes (``fused``) or eq. 1 (``eq1``, alpha from config)."""
+    if form == "fused":
         return F.cross_entropy(out.fused, y) + probe_loss(model, out, y)
     return eq1_loss(out, y, config.alpha, list(config.modalities))

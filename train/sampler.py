@@ -1,4 +1,4 @@
-"""The Data Remixing batch sampler: modality-pure, shard-local batches from metadata alone.
+"""The Data Remixing batch sampler: modality-pure batches drawn from windows of shards, from metadata alone.
 
 In Data Remixing (ICML 2025) every training sample is assigned, each epoch, to ONE
 modality (the one it learns worst); training then streams *modality-pure* batches:
@@ -11,7 +11,10 @@ Epoch plan, deterministic for ``(seed, epoch)`` (rank and world size do not chan
 
     rng = numpy.random.default_rng([seed, epoch])
     shard order     = a random permutation of the shards present
-    epoch order     = the shards in that order, each one's samples shuffled
+    blocks          = the shard order cut into runs of ``shuffle_window`` shards
+                      (0: one block of all shards)
+    epoch order     = the blocks in that order, the samples of each block shuffled
+                      together (a shuffle block, as MosaicML Streaming's py1b/py1e)
     groups          = per modality code m (ascending), its samples in epoch order;
                       one group with code -1 when the assignment is None (multimodal)
     global batches  = each group cut into consecutive runs of ``batch_size``; a group's
@@ -22,14 +25,22 @@ Epoch plan, deterministic for ``(seed, epoch)`` (rank and world size do not chan
 
 Every sample appears exactly once per epoch (never repeated, never padded) unless it
 falls in a dropped incomplete batch. Since a group is cut from the epoch order, a batch's
-samples come from a contiguous run of the epoch's shard order, in that order (one or two
-shards when a shard holds at least ``batch_size`` samples of the batch's modality), so
-the reads of a batch stay shard-local.
+samples come from one block, or two consecutive ones, of the epoch's shard order.
+``shuffle_window`` trades read locality for mixing (the trainer passes ``train.shuffle_window``,
+default 0): 1 (this class's default, kept by the evaluation and scoring loaders, and the plan
+before the window existed, bit for bit) shuffles each shard on its own, so a batch holds one or two shards
+(when a shard holds at least ``batch_size`` samples of the batch's modality): shard-local reads,
+but a batch is as homogeneous as a shard; w > 1 mixes w shards per block, so a batch is a random
+sample of w shards (a streaming reader keeps w shards open); 0 is a full shuffle of the split
+every epoch (the official code's ``DataLoader(shuffle=True)``). The shard permutation is drawn
+for every window, so the other random numbers of the plan do not depend on it. Extraction writes
+each split's clips in a seeded random order (pipeline/extract.py), so a shard is a random sample
+of its split, not one actor's clips.
 
 Repeats (Resample, :meth:`set_repeats`): with ``copies`` [N] set, position ``i`` enters the
 epoch ``copies[i]`` times (0: left out). The copies are drawn in the same plan: the same shard
-permutation, then every copy of the shard's samples shuffled within its shard's run, so batches
-stay shard-local and copies of one sample usually fall in different batches; every copy carries
+permutation, then every copy of the block's samples shuffled within its block's run, so batches
+stay within their blocks and copies of one sample usually fall in different batches; every copy carries
 the sample's assigned modality. Items then are ``(i, m, epoch, c)`` with ``c`` the copy's number
 (0, 1, ...; in epoch order), so the copies draw different augmentations (``c = 0`` draws what the
 plain item would). With ``copies`` None (the default) the plan and the items are exactly those
@@ -83,6 +94,8 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
             ``0, 1, ..., K-1``. Must be a permutation of ``range(K)``.
         pure: modality-pure batches (True) or mixed batches (False).
         rank, world_size: this process's slice of every global batch.
+        shuffle_window: shards whose samples are shuffled together (>= 1), or 0: all of them (a full
+            shuffle); 1: shard-local batches.
 
     Until :meth:`set_assignment` is called, the assignment is None (multimodal).
     """
@@ -99,6 +112,7 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         pure: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        shuffle_window: int = 1,
     ):
         super().__init__()
         shard = np.asarray(shard)
@@ -110,6 +124,8 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
             raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if batch_size < world_size:
             raise ValueError(f"the global batch_size ({batch_size}) must be >= world_size ({world_size})")
+        if isinstance(shuffle_window, bool) or not isinstance(shuffle_window, (int, np.integer)) or shuffle_window < 0:
+            raise ValueError(f"shuffle_window must be an integer >= 0 (0: all shards), got {shuffle_window!r}")
         self.shard = shard.astype(np.int64)
         self.batch_size = int(batch_size)
         self.drop_last = bool(drop_last)
@@ -118,6 +134,7 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         self.modality_order = None if modality_order is None else tuple(int(m) for m in modality_order)
         self.pure = bool(pure)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.shuffle_window = int(shuffle_window)
         self.epoch = 0
         self.start = 0  # global batches of this epoch to skip (resume)
         self.assignment: np.ndarray | None = None
@@ -129,7 +146,8 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
 
     def __repr__(self) -> str:
         return (f"RemixBatchSampler(N={len(self.shard)}, batch_size={self.batch_size}, drop_last={self.drop_last}, "
-                f"order={self.order!r}, pure={self.pure}, rank={self.rank}/{self.world_size}, epoch={self.epoch}, "
+                f"order={self.order!r}, pure={self.pure}, shuffle_window={self.shuffle_window}, "
+                f"rank={self.rank}/{self.world_size}, epoch={self.epoch}, "
                 f"modalities={self.num_modalities if self.assignment is not None else 'multimodal'})")
 
     @property
@@ -182,8 +200,9 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     # -- the plan ------------------------------------------------------------------------
 
     def epoch_order(self, rng: np.random.Generator | None = None) -> np.ndarray:
-        """[N] sample positions in the epoch's order: shards shuffled, samples shuffled within each
-        ([sum(copies)] positions, each repeated, with :meth:`set_repeats`)."""
+        """[N] sample positions in the epoch's order: shards shuffled, cut into blocks of ``shuffle_window``
+        shards, samples shuffled within each block ([sum(copies)] positions, each repeated, with
+        :meth:`set_repeats`). The batches of a modality are its samples in this order, cut into runs."""
         return self._order(rng)[0]
 
     def _order(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -199,8 +218,9 @@ class RemixBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
             pos = np.repeat(np.arange(n), self.repeats)
             copy = np.arange(pos.size) - np.repeat(np.cumsum(self.repeats) - self.repeats, self.repeats)
         shard_rank = rank_of[np.searchsorted(shards, self.shard[pos])]  # [M] position of each entry's shard
-        within = rng.permutation(pos.size)  # unique keys: a shuffle within each shard
-        order = np.lexsort((within, shard_rank))
+        block = shard_rank // self.shuffle_window if self.shuffle_window else np.zeros_like(shard_rank)
+        within = rng.permutation(pos.size)  # unique keys: a shuffle within each block
+        order = np.lexsort((within, block))
         return pos[order], copy[order]
 
     def _codes(self) -> list[int]:

@@ -30,8 +30,7 @@ from tqdm import tqdm
 
 from pipeline.fileio import dumps_strict, write_json_strict
 from pipeline.params import ConfigError
-from pipeline.shards import IndexReader
-from train import checkpoint, distributed, loaders
+from train import checkpoint, distributed, loaders, shard_cache
 from train.config import TrainConfig, batch_vs_world
 from train.data import estimate_mel_stats, to_inputs
 from train.diagnostics import angle_row, gradient_angle, own_gradient
@@ -121,13 +120,14 @@ def _check_before_start(index_path, name: str, cfg: TrainConfig) -> None:
     if cfg.batch_size < world:
         raise ConfigError("batch_size", batch_vs_world(cfg.batch_size, world, "WORLD_SIZE under torchrun"),
                           cfg.section)
-    if not Path(index_path).is_file():
+    if cfg.source == "local" and not Path(index_path).is_file():  # a remote source fetches it in _setup
         raise FileNotFoundError(f"{index_path}: no feature index there; make the features first (dvc repro "
                                 f"extract, or `dvc checkout` if they were made before), or pass --index")
 
 
 def _train(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfig, seed: int,
            d: distributed.Dist) -> dict:
+    cfg = dataclasses.replace(cfg, lr=cfg.method_lr(name))  # train.lr_by_method
     run, saved = _setup(index_path, out_dir, work_dir, name, cfg, seed, d)
     state = _restore(run, saved)
     with _live(run, state) as live, _step_log(run, state) as step_log:
@@ -140,7 +140,7 @@ def _train(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfi
             _set_sampler(run, state)
             run.model.train()
             t_train = time.perf_counter()
-            bar = tqdm(run.loader, desc=f"{name} epoch {state.epoch}", leave=False, unit="batch", disable=not d.is_main)
+            bar = tqdm(run.loader, desc=f"{name} epoch {state.epoch + 1}/{cfg.epochs} ({run.ctx.phase})", leave=False, unit="batch", disable=not d.is_main)
             for batch in bar:
                 done = len(state.losses)
                 n_global = _train_batch(run, state, batch)
@@ -194,7 +194,8 @@ def _optimizer_step(run: Run, state: RunState, inputs: dict, y: torch.Tensor, m_
     dropped = [m for j, m in enumerate(run.mods) if not present[j]]  # masked for the whole global step
     mask, skip_masked = method.masking()
     skip = skip_masked and bool(dropped)
-    with frozen_norm_stats(model, [] if skip else dropped), autocast(run.device, cfg.amp):
+    frozen = [] if skip or (mask == "feature" and cfg.masked_norm == "train") else dropped
+    with frozen_norm_stats(model, frozen), autocast(run.device, cfg.amp):
         out = method.forward(model, inputs, keep=keep if not keep.all() else None, mask=mask, skip_masked=skip,
                              ctx=run.ctx)
         loss = method.loss(model, out, y, m_code, run.ctx)  # autocast: cross-entropy in float32
@@ -206,9 +207,8 @@ def _optimizer_step(run: Run, state: RunState, inputs: dict, y: torch.Tensor, m_
     loss.backward()
     if own is not None:  # this rank's step gradient against the modality's own loss alone (Fig. 3c)
         state.angles.append(gradient_angle(model.encoders[cfg.grad_angle], own))
-    for m in dropped:  # masked for the whole (global) step: no gradient at all, so the optimizer
-        for p in model.encoders[m].parameters():  # skips it (no momentum, no weight decay): not moved
-            p.grad = None
+    for m in dropped:  # masked for the whole (global) step: its encoder's gradient is zero (masked_grad)
+        _mask_gradient(model.encoders[m], method.masked_gradient(run.ctx))
     distributed.average_gradients(model, d)
     method.modulate_gradients(model, out, y, m_code, run.ctx)
     run.opt.step()
@@ -232,11 +232,15 @@ def _end_epoch(run: Run, state: RunState, t0: float, train_s: float) -> dict:
     distributed.check_in_sync(run.model, d, f"epoch {epoch}")
     val = predict(run.model, run.ctx.loaders["val"], mods, run.device, amp=run.cfg.amp, method=run.method)
     acc = accuracies(val, mods)
+    test = {}  # train.log_test_acc: a diagnostic (the official code's selection), never selected on
+    if "test" in run.ctx.loaders:
+        pred = predict(run.model, run.ctx.loaders["test"], mods, run.device, amp=run.cfg.amp, method=run.method)
+        test = {f"test_{k}": v for k, v in accuracies(pred, mods).items()}
     stats = run.sampler.stats()  # per modality code (-1: multimodal): samples left out of whole global batches
     counts = ([0] * len(mods) if state.plan.modality is None
               else np.bincount(state.plan.modality, minlength=len(mods)).tolist())
     row = {"epoch": epoch, "phase": run.ctx.phase, "loss": float(np.mean(state.losses)),
-           **{f"val_{k}": v for k, v in acc.items()}, "imbalance_ratio": imbalance_ratio(acc, mods, run.ctx.num_classes),
+           **{f"val_{k}": v for k, v in acc.items()}, **test, "imbalance_ratio": imbalance_ratio(acc, mods, run.ctx.num_classes),
            **{f"assigned_{m}": c for m, c in zip(mods, counts)}, "dropped": sum(v["dropped"] for v in stats.values()),
            **{f"dropped_{m}": stats.get(j, {"dropped": 0})["dropped"] for j, m in enumerate(mods)},
            **run.method.epoch_end(epoch, run.ctx), **angle_row(state.angles, run.cfg.grad_angle),
@@ -276,33 +280,31 @@ def _setup(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfi
     """Data, model, method, optimizer and schedule; the saved state of an interrupted run, if any."""
     checkpoint.seed_everything(seed)
     device = pick_device(cfg.device, d)
-    index = IndexReader(index_path)
-    index.verify(("train", "val"), content=cfg.verify_shards == "sha256")
+    index = shard_cache.open_index(index_path, cfg, shard_cache.cache_dir_of(out_dir, d.rank))  # train.source
+    index.verify(("train", "val", "test") if cfg.log_test_acc else ("train", "val"),
+                 content=cfg.verify_shards == "sha256")
     fingerprint = checkpoint.dataset_fingerprint(index)
     key = checkpoint.run_key(cfg, name, seed, fingerprint)
     saved = checkpoint.load_resume(work_dir, key, d.world_size)
     mel_mean, mel_std = estimate_mel_stats(index, "train")
-    ds = {s: loaders.dataset(index, s, cfg.decode, train=(s == "train"), frame_size=cfg.frame_size,
-                             mel_mean=mel_mean, mel_std=mel_std, seed=seed) for s in ("train", "val")}
-    score_ds = loaders.dataset(index, "train", cfg.decode, train=False, frame_size=cfg.frame_size, mel_mean=mel_mean,
-                               mel_std=mel_std)
+    frames = loaders.frame_settings(cfg)
+    ds = {s: loaders.dataset(index, s, cfg.decode, train=(s == "train"), mel_mean=mel_mean, mel_std=mel_std,
+                             seed=seed, **frames) for s in ("train", "val")}
     for split, x in ds.items():
         if len(x) == 0:
             raise ValueError(f"{index.path}: the {split} split has no samples (check prepare.ratios / the split files)")
     sampler = RemixBatchSampler(ds["train"].shard_ids(), batch_size=cfg.batch_size, drop_last=cfg.drop_last,
-                                seed=seed, order=cfg.order, rank=d.rank, world_size=d.world_size)
+                                seed=seed, order=cfg.order, modality_order=cfg.modality_order(), rank=d.rank,
+                                world_size=d.world_size, shuffle_window=cfg.shuffle_window)
     loader = loaders.loader(ds["train"], sampler, workers=cfg.workers, device=device)
-    # validation and scoring: the WHOLE split on every rank (identical weights, identical results)
-    val_loader, score_loader = (loaders.whole_split_loader(x, batch_size=max(cfg.batch_size, 64), workers=cfg.workers,
-                                                           num_modalities=len(cfg.modalities), device=device, seed=seed)
-                                for x in (ds["val"], score_ds))
     num_classes = len(index.class_names)
     method = build_method(name, cfg, list(cfg.modalities), num_classes, cfg.method_params)
     model = method.prepare_model(build_model(list(cfg.modalities), num_classes, cfg.width, cfg.fusion)).to(device)
     opt, sched, progress = build_optimizer(cfg, model, method.expands, len(ds["train"]))
     ctx = Context(config=cfg, modalities=list(cfg.modalities), num_classes=num_classes, device=device, model=model,
                   n_train=len(ds["train"]), train_labels=ds["train"].labels(),
-                  loaders={"val": val_loader, "train_eval": score_loader},
+                  loaders=_eval_loaders(index, cfg, ds["val"], dict(mel_mean=mel_mean, mel_std=mel_std, **frames),
+                                        device, seed),
                   to_inputs=lambda batch: to_inputs(batch, list(cfg.modalities), device),
                   all_sum=lambda t: distributed.all_sum_tensor(d, t),
                   merge_disjoint=lambda a: distributed.merge_disjoint(a, d), world_size=d.world_size,
@@ -314,6 +316,17 @@ def _setup(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfi
               progress=progress)
     _take_over(work_dir, saved, d)
     return run, saved
+
+
+def _eval_loaders(index, cfg: TrainConfig, val_ds, kwargs: dict, device, seed: int) -> dict:
+    """Whole-split loaders, every modality, eval transform, the WHOLE split on every rank (identical weights,
+    identical results): "val" (validation), "train_eval" (scoring passes), "test" with ``train.log_test_acc``."""
+    sets = {"val": val_ds, "train_eval": loaders.dataset(index, "train", cfg.decode, train=False, **kwargs)}
+    if cfg.log_test_acc:
+        sets["test"] = loaders.dataset(index, "test", cfg.decode, train=False, **kwargs)
+    return {k: loaders.whole_split_loader(x, batch_size=max(cfg.batch_size, 64), workers=cfg.workers,
+                                          num_modalities=len(cfg.modalities), device=device, seed=seed)
+            for k, x in sets.items()}
 
 
 def _take_over(work_dir: Path, saved: dict | None, d: distributed.Dist) -> None:
@@ -394,6 +407,19 @@ def _log_row(live, row: dict) -> None:
 
 
 # -- step helpers ----------------------------------------------------------------------------------
+
+def _mask_gradient(encoder: torch.nn.Module, how: str) -> None:
+    """The gradient of an encoder masked for the whole step: ``zero`` (the official code's: its features were
+    zeroed, so the optimizer still applies its moments and L2 decay) or ``none`` (grad None: the optimizer skips
+    it, no momentum, no decay: not moved)."""
+    for p in encoder.parameters():
+        if how == "none":
+            p.grad = None
+        elif p.grad is None:
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad.zero_()
+
 
 def keep_mask(modality: torch.Tensor, k: int) -> torch.Tensor:
     """[B] modality codes (-1 = all) -> [B, K] bool: which modalities each sample keeps."""

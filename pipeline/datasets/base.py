@@ -29,7 +29,7 @@ from pipeline.manifest import SPLITS, ClipRecord, ManifestError, shard_key
 from pipeline.splits import carve_val, read_split_dir_where, stratified_split
 
 __all__ = ["Adapter", "adapter", "Clip", "need_dir", "subdirs", "files", "apply_lists", "file_problem",
-           "check_shard_keys", "finish"]
+           "check_shard_keys", "check_label_spellings", "finish"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,22 @@ def check_shard_keys(records: Sequence[ClipRecord]) -> None:
         seen[k] = r.clip_id
 
 
+def check_label_spellings(first_seen: dict[str, str], where: str) -> None:
+    """Raise :class:`ManifestError` when two labels are equal up to case and surrounding spaces (``neu``, ``NEU``).
+
+    ``first_seen`` maps each label, as spelled, to where it first occurs (``line 3 (clips/b.wav)``); the error names
+    every such group with those places. Labels are compared exactly everywhere else (class list, split lists), so
+    two spellings would silently become two classes."""
+    groups: dict[str, list[str]] = {}
+    for label in first_seen:
+        groups.setdefault(label.strip().casefold(), []).append(label)
+    clashes = [g for g in groups.values() if len(g) > 1]  # in order of first occurrence
+    if clashes:
+        text = "; ".join(" and ".join(f"{s!r} (first at {first_seen[s]})" for s in g) for g in clashes)
+        raise ManifestError(f"{where}: labels that differ only in case or surrounding spaces would become separate "
+                            f"classes: {text}. Spell each class one way.")
+
+
 def present_classes(clips: Sequence[Clip], classes: Sequence[str]) -> list[str]:
     """``classes``, in their order, less those with no clip free of problems: a warning names those whose
     clips all have a problem, an info line those with no clip at all (e.g. a layout's classes not generated)."""
@@ -168,6 +184,10 @@ def finish(
     if not clips:
         raise ManifestError(f"{where}: no clips found")
     clips = sorted(clips, key=lambda c: c.clip_id)
+    first: dict[str, str] = {}
+    for c in clips:
+        first.setdefault(c.class_name, f"clip {c.clip_id}: {c.video}")
+    check_label_spellings({k: v for k, v in first.items() if k}, where)
     for c in clips:
         if not c.problem and c.class_name not in classes:
             c.problem = f"unknown label {c.class_name!r}"

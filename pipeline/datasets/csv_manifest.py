@@ -5,7 +5,7 @@ import csv
 import os
 from typing import Optional, Sequence
 
-from pipeline.datasets.base import Clip, adapter, apply_lists, finish
+from pipeline.datasets.base import Clip, adapter, apply_lists, check_label_spellings, finish
 from pipeline.manifest import SPLITS, ClipRecord, ManifestError
 
 
@@ -24,7 +24,9 @@ def csv_manifest(
     Paths are joined to the CSV's folder (relative if the CSV path is); audio defaults to
     the video; clip id = ``id`` or the video stem, unique; classes = sorted labels; split
     values must be train/val/test. Split lists (``split_file``) take precedence over the
-    split column; a listed id that is not in the CSV is an error.
+    split column; a listed id that is not in the CSV is an error. Every field is stripped of
+    surrounding spaces; two labels equal up to case (``neu``, ``NEU``) are an error naming both
+    spellings, their first lines and clip files (:func:`check_label_spellings`), not two classes.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -63,6 +65,10 @@ def csv_manifest(
                 raise ManifestError(f"{path}:{n}: duplicate clip id {cid!r} (first at line {lines[cid]})")
             clips[cid] = Clip(cid, d["label"], video, audio, d.get("group", ""), split)
             lines[cid] = n
+    first: dict[str, str] = {}
+    for cid, c in clips.items():
+        first.setdefault(c.class_name, f"{path}:{lines[cid]}, clip file {c.video}")
+    check_label_spellings(first, path)
     classes = sorted({c.class_name for c in clips.values()})
     if split_file:
         clips = apply_lists(clips, split_file, lambda cid, s, lab: None, path, path)

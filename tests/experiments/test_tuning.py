@@ -3,7 +3,8 @@ import dataclasses
 
 import pytest
 
-from experiments import grid, tables, tuning
+from experiments import grid, tuning
+from experiments import records as rec
 
 DATA = tuning.data_keys()
 
@@ -12,7 +13,7 @@ def _rec(method, setting, val, test, *, seed=0, fusion=None, data=DATA, name=Non
     params = {"train.ablation": "full", "train.unimodal_pred": "heads", "train.grad_angle": "", **data, **dict(setting),
               **extra}
     overrides = {**data, **dict(setting), **extra}
-    return tables.Record(name=name or f"{method}-{setting}-{seed}", rev="r", timestamp="t", method=method,
+    return rec.Record(name=name or f"{method}-{setting}-{seed}", rev="r", timestamp="t", method=method,
                          fusion=fusion or tuning.SPACE[method][0], seed=seed, params=params, overrides=overrides,
                          metrics={"acc_fused": test}, val=val)
 

@@ -39,7 +39,7 @@ def test_bad_param_fails_naming_the_key_and_touches_nothing(project, change, nam
         (p.unlink() if p.is_file() else shutil.rmtree(p))
     raw.rmdir()
     fails(run(project, "synth"), named)
-    assert sorted(p.name for p in (project / "data").iterdir()) == ["classes.txt", "manifest.csv"]
+    assert sorted(p.name for p in (project / "data").iterdir()) == ["classes.txt", "inputs", "manifest.csv"]
 
 
 def test_bad_output_folder_fails_naming_it(project, tmp_path):

@@ -2,8 +2,8 @@
 
 Each test makes one mistake against a project whose ``runs/baseline/train/`` holds a finished run, and
 asserts that the error names the key or the file, and that ``runs/`` (the published run and the work
-folder) is byte for byte as it was. The stage runs in-process (``stages.train.main``, with ``os.execve``
-forbidden, so a broken check cannot turn the test process into torchrun); one case runs the command
+folder) is byte for byte as it was. The stage runs in-process (``stages.train.main``, with torchrun's
+launch forbidden, so a broken check cannot start torchrun from the test process); one case runs the command
 line to check its one-line error. Kills and lost ranks: ``test_train_kill.py``.
 """
 from __future__ import annotations
@@ -69,13 +69,13 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def no_exec(*args, **kw):
-    raise AssertionError(f"the stage relaunched itself under torchrun: {args[1][:6]}")
+def no_launch(nproc, args, **kw):
+    raise AssertionError(f"the stage launched torchrun with {nproc} processes: {args}")
 
 
 def run_stage(monkeypatch, *args: str) -> None:
     monkeypatch.setattr(sys, "argv", ["stages/train.py", "--method", "baseline", *args])
-    monkeypatch.setattr(os, "execve", no_exec)
+    monkeypatch.setattr(stage.distributed, "launch", no_launch)
     stage.main()
 
 

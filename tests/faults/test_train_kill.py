@@ -1,11 +1,14 @@
 """No process outlives its run: kills of a 2-process training under ``dvc repro``, and ranks that lose each other.
 
-The stage (``python -m stages.train --method remix`` with ``train.nproc: 2``) becomes torchrun, which starts
-both ranks in sessions of their own. The tests SIGKILL the process group of a real ``dvc repro`` (a
+The stage (``python -m stages.train --method remix`` with ``train.nproc: 2``) starts torchrun as its child,
+which starts both ranks in sessions of their own. The tests SIGKILL the process group of a real ``dvc repro`` (a
 one-stage DVC project) or of the stage itself, as a terminal's or a CI's ``kill -9`` would, collect every
 process of the run beforehand (the descendants of the group's leader, from /proc: DVC, torchrun, the ranks,
 their DataLoader workers), and assert by PID that none is alive 10 seconds later; then that ``dvc repro``
 again resumes to the weights of an uninterrupted run (``tests/train/test_resume.py``'s comparison, bitwise).
+Issue 20's defect 3: a ``kill -9`` of the dvc process alone (not its group) left torchrun, both ranks and their
+workers training, and they published ``runs/<method>/train`` behind DVC's back; now a kill of any one of dvc,
+the stage script or torchrun ends every process of the run within 10 s, and nothing is published.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ import yaml
 from tests.conftest import REPO
 from tests.train.test_data import extracted_features
 from tests.train.test_resume import MID_EPOCH, assert_same_run, steps
-from train.checkpoint import LOCK, StateError, default_work_dir
+from pipeline import lifetime
+from train.checkpoint import LOCK, RESUME, StateError, default_work_dir, publish
 from train.config import TrainConfig
 from train.distributed import LAUNCHER_PID, TIMEOUT_ENV
 from train.trainer import train
@@ -60,7 +64,7 @@ DVC_YAML = """stages:
 """
 
 
-def start_dvc_repro(project: Path, index: Path) -> subprocess.Popen:
+def start_dvc_repro(project: Path, index: Path, config: dict = CONFIG) -> subprocess.Popen:
     """``dvc repro`` of a one-stage DVC project (no git) training ``remix`` as the real pipeline does."""
     project.mkdir(exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DVC_NO_ANALYTICS="1",
@@ -68,7 +72,7 @@ def start_dvc_repro(project: Path, index: Path) -> subprocess.Popen:
     if not (project / ".dvc").exists():
         subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=project, env=env, check=True)
         (project / "dvc.yaml").write_text(DVC_YAML.format(index=index))
-        (project / "params.yaml").write_text(yaml.safe_dump({"base": {"seed": 0}, "train": CONFIG}))
+        (project / "params.yaml").write_text(yaml.safe_dump({"base": {"seed": 0}, "train": config}))
     log = open(project / "stage.log", "a")
     return subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, start_new_session=True,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -276,3 +280,51 @@ def test_a_collective_whose_peer_hangs_or_dies_fails_naming_it(peer):
     assert ranks[0].returncode != 0
     assert re.search(r"DistError: rank 0: a collective operation of the 2 processes \(train\.nproc: 2\) failed: "
                      r"another rank died or hangs \(timeout 3 s", err), err[-3000:]
+
+
+# -- a kill of one process alone (not its group): issue 20's defect 3 ------------------------------------------
+
+def stage_of(dvc_pid: int) -> int:
+    """The stage script DVC started (``python -m stages.train``, through a shell that may exec it): the first
+    process below dvc running stages.train."""
+    by_depth = sorted(descendants(dvc_pid).items(), key=lambda kv: kv[1])  # started first = nearest dvc
+    return next(pid for pid, _ in by_depth if "stages.train" in _cmdline(pid))
+
+
+def torchrun_of(dvc_pid: int) -> int:
+    return next(pid for pid in descendants(dvc_pid) if "torch.distributed.run" in _cmdline(pid))
+
+
+@pytest.mark.parametrize("victim, nproc", [("dvc", 2), ("stage", 2), ("torchrun", 2), ("dvc", 1), ("stage", 1)])
+def test_kill_9_of_one_process_ends_every_process_of_the_run_and_publishes_nothing(index, tmp_path, victim, nproc):
+    project = tmp_path / "killed"  # 40 epochs: a run left alive would still be training 10 s after the kill
+    proc = start_dvc_repro(project, index, config={**CONFIG, "nproc": nproc, "epochs": 40})
+    wait_for(lambda: steps_done(project) >= 2, proc, "two training steps")
+    run = descendants(proc.pid)  # the stage, torchrun, the ranks and their DataLoader workers
+    trainers = ranks_of(proc.pid) or [stage_of(proc.pid)]
+    workers = [p for p in run if _stat(p) and _stat(p)[0] in trainers]  # DataLoader workers (train.workers: 1)
+    assert len(trainers) == nproc and len(workers) == nproc, {p: _cmdline(p) for p in run}
+    pid = {"dvc": lambda: proc.pid, "stage": lambda: stage_of(proc.pid), "torchrun": lambda: torchrun_of(proc.pid)}
+    os.kill(pid[victim](), signal.SIGKILL)  # that process alone: the others get no signal from the test
+    assert_all_die(run)
+    code = proc.wait(timeout=60)  # dvc: killed, or it reports the stage's failure
+    assert code == -signal.SIGKILL if victim == "dvc" else code != 0, (project / "stage.log").read_text()[-3000:]
+    assert not out_dir(project).exists()  # nothing published behind DVC's back
+    assert (default_work_dir(out_dir(project)) / RESUME).exists()  # the run so far, for the next run to resume
+
+
+def test_nothing_is_published_once_the_owner_is_gone(tmp_path, monkeypatch):
+    """The last check before publishing: the dvc process named in $AVREMIX_OWNER is gone (a PID reused by another
+    process counts as gone: its start time differs)."""
+    work, out = tmp_path / "train.work", tmp_path / "train"
+    work.mkdir()
+    (work / RESUME).write_bytes(b"state")
+    (work / "model.pt").write_bytes(b"model")
+    start = lifetime._stat(os.getpid())[2]
+    monkeypatch.setenv(lifetime.OWNER_ENV, f"{os.getpid()}:{start + 1}")
+    with pytest.raises(StateError, match=r"not published: the dvc process that started this run is gone"):
+        publish(work, out)
+    assert not out.exists() and sorted(p.name for p in work.iterdir()) == ["model.pt", RESUME]
+    monkeypatch.setenv(lifetime.OWNER_ENV, f"{os.getpid()}:{start}")  # alive: published
+    publish(work, out)
+    assert (out / "model.pt").read_bytes() == b"model" and not work.exists()

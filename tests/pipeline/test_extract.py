@@ -5,7 +5,11 @@ import dataclasses
 import glob
 import io
 import json
+import os
+import random
 import shutil
+import subprocess
+import sys
 import tarfile
 import wave
 from pathlib import Path
@@ -16,11 +20,12 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.datasets import prepare_dataset
-from pipeline.extract import ExtractionError, extract, merge_parts, plan_shards
+from pipeline.extract import ExtractionError, clip_order, extract, merge_parts, plan_shards
 from pipeline.features import FeatureConfig
-from pipeline.manifest import read_manifest, write_classes, write_manifest
+from pipeline.manifest import ClipRecord, read_manifest, write_classes, write_manifest
 from pipeline.shards import IndexReader
-from tests.conftest import is_root
+from tests.conftest import REPO, is_root
+from train.checkpoint import dataset_fingerprint
 
 CFG = FeatureConfig(num_frames=2, short_side=32, n_mels=32, n_fft=256, hop_length=128, duration=1.5)
 SPLIT = dict(split_file=None, ratios=[0.5, 0.25, 0.25], val_fraction=0.2, group_disjoint=False, seed=0)
@@ -85,7 +90,7 @@ def test_extract_reads_back(dataset, fixture, request, tmp_path):
                 info = tar.getmember(f"{key}.{member}")
                 assert (info.offset_data, info.size) == (index.offset[row, j], index.size[row, j])
                 assert index.read_member(row, member) == tar.extractfile(info).read()
-    assert index.feature_params == dataclasses.asdict(CFG)
+    assert index.feature_params == dataclasses.asdict(CFG) | {"shuffle_seed": 0}  # the clips' order: base.seed
     assert json.loads((tmp_path / "features" / "stats.json").read_text())["samples"] == stats["samples"]
 
 
@@ -266,3 +271,89 @@ def test_a_part_leaves_other_parts_temporary_files_alone(cremad_raw, tmp_path):
     run(manifest, classes, out, shard_size=2, part="1/2")
     assert (out / ".tmp-train-000000.tar").exists() and not (out / ".tmp-train-000001.tar").exists()
     assert (out / "train-000001.tar").exists() and not (out / "train-000000.tar").exists()
+
+
+# -- the clips' order in the shards: a seeded shuffle per split ------------------------------------
+
+def index_order(folder: Path, split: str) -> list[str]:
+    """The split's clip ids as the shards hold them (shard number, then position)."""
+    index = IndexReader(folder / "index.h5")
+    rows = index.indices(split)
+    rows = rows[np.lexsort((index.position[rows], index.shard_number[index.shard[rows]]))]
+    return [str(c) for c in index.clip_ids[rows]]
+
+
+def test_clip_order_is_a_seeded_shuffle_of_the_clip_ids():
+    ids = [f"{1001 + a}_S{s:02d}_NEU_XX" for a in range(20) for s in range(10)]  # sorted: by actor, as CREMA-D's
+    recs = [ClipRecord(c, 0, "NEU", f"{c}.flv", f"{c}.wav", c[:4], "train") for c in ids]
+    order = [r.clip_id for r in clip_order(recs, 0)]
+    assert sorted(order) == ids and order != ids
+    assert [r.clip_id for r in clip_order(recs, 1)] != order  # another seed, another order
+    assert [r.clip_id for r in clip_order(recs, None)] == ids  # None: manifest order
+    shuffled = recs[:]
+    random.Random(5).shuffle(shuffled)
+    assert [r.clip_id for r in clip_order(shuffled, 0)] == order  # the manifest's row order does not matter
+    assert [r.clip_id for r in clip_order(recs[::2], 0)] == [c for c in order if c in set(ids[::2])]  # nor other clips
+    # each shard of 20 is a sample of the actors, not 2 actors as in manifest order
+    plans = [p for p in plan_shards(recs, 20, 0) if p.split == "train"]
+    assert min(len({r.group for r in p.records}) for p in plans) >= 8
+    assert max(len({r.group for r in p.records}) for p in plan_shards(recs, 20, None)) == 2
+
+
+def test_clip_order_does_not_depend_on_the_process(tmp_path):
+    """The same order in a fresh interpreter with another hash seed (no use of Python's salted ``hash``)."""
+    code = ("from pipeline.extract import clip_order; from pipeline.manifest import ClipRecord; "
+            "print(','.join(r.clip_id for r in clip_order([ClipRecord(str(i), 0, 'a', 'v', 'a', '', 'train') "
+            "for i in range(50)], 7)))")
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PYTHONHASHSEED=str(h))).stdout.strip() for h in (1, 2)]
+    here = ",".join(r.clip_id for r in clip_order([ClipRecord(str(i), 0, "a", "v", "a", "", "train")
+                                                   for i in range(50)], 7))
+    assert runs[0] == runs[1] == here
+
+
+def test_shards_hold_the_seeded_order_for_any_workers_and_parts(cremad_raw, tmp_path):
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    records = read_manifest(manifest)
+    run(manifest, classes, tmp_path / "w1", workers=1, shard_size=2, shuffle_seed=3)
+    run(manifest, classes, tmp_path / "w2", workers=2, shard_size=2, shuffle_seed=3)
+    for i in range(2):
+        run(manifest, classes, tmp_path / "parts", workers=2, shard_size=2, shuffle_seed=3, part=f"{i}/2")
+    merge_parts(out_dir=tmp_path / "parts", num_parts=2, max_reject_fraction=0.5)
+    for split in ("train", "val", "test"):
+        expected = [r.clip_id for r in clip_order([r for r in records if r.split == split], 3)]
+        for folder in ("w1", "w2", "parts"):
+            assert index_order(tmp_path / folder, split) == expected, (folder, split)
+    assert tree_bytes(tmp_path / "w1") == tree_bytes(tmp_path / "w2") == tree_bytes(tmp_path / "parts")
+    train = [r.clip_id for r in records if r.split == "train"]
+    assert index_order(tmp_path / "w1", "train") != train  # not the manifest's order
+    run(manifest, classes, tmp_path / "manifest_order", shard_size=2, shuffle_seed=None)
+    assert index_order(tmp_path / "manifest_order", "train") == train
+
+
+def test_the_order_is_in_the_index_and_its_fingerprint(cremad_raw, tmp_path):
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    for seed in (0, 1):
+        run(manifest, classes, tmp_path / f"s{seed}", shuffle_seed=seed)
+    a, b = IndexReader(tmp_path / "s0" / "index.h5"), IndexReader(tmp_path / "s1" / "index.h5")
+    assert (a.feature_params["shuffle_seed"], b.feature_params["shuffle_seed"]) == (0, 1)
+    assert dataset_fingerprint(a) != dataset_fingerprint(b)
+    assert sorted(a.clip_ids) == sorted(b.clip_ids)  # the same samples, in other shards
+    # parts extracted with other seeds are not merged
+    out = tmp_path / "mixed"
+    run(manifest, classes, out, shard_size=2, shuffle_seed=0, part="0/2")
+    run(manifest, classes, out, shard_size=2, shuffle_seed=1, part="1/2")
+    with pytest.raises(ExtractionError, match="other features"):
+        merge_parts(out_dir=out, num_parts=2, max_reject_fraction=0.5)
+
+
+def test_the_stage_orders_the_clips_by_base_seed(cremad_raw, tmp_path):
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text("base:\n  seed: 5\nfeatures:\n  shard_size: 2\n  workers: 1\n  short_side: 32\n")
+    subprocess.run([sys.executable, "-m", "stages.extract", "--params", str(params), "--manifest", str(manifest),
+                    "--classes", str(classes), "--out", str(tmp_path / "f")], cwd=REPO, check=True, capture_output=True)
+    records = read_manifest(manifest)
+    assert IndexReader(tmp_path / "f" / "index.h5").feature_params["shuffle_seed"] == 5
+    assert index_order(tmp_path / "f", "train") == [r.clip_id for r in clip_order(
+        [r for r in records if r.split == "train"], 5)]

@@ -22,6 +22,10 @@ from pipeline.synth import SynthConfig, generate
 SMALL = SynthConfig(num_classes=6, clips_per_class=4, actors=2, min_duration_s=1.0, max_duration_s=1.6,
                     width=96, height=72, fps=12, clutter=4, ambiguous_fraction=0.25,
                     misleading_fraction=0.25, workers=1)
+# the same format with the signal knobs at their defaults (what a difficulty profile may set), and the profile
+FORMAT = SynthConfig(num_classes=6, clips_per_class=6, actors=3, min_duration_s=1.0, max_duration_s=1.6,
+                     width=96, height=72, fps=12, workers=1)
+CREMAD_LIKE = dataclasses.replace(FORMAT, difficulty="cremad_like")
 KINETICS = dataclasses.replace(SMALL, layout="kinetics_sounds", num_classes=3, clips_per_class=3,
                                test_fraction=0.34, width=64, height=48)
 ID_RE = re.compile(r"^(10\d\d)_(IEO|TIE|IOM|IWW|TAI|MTI|IWL|ITH|DFA|ITS|TSI|WSI)_(NEU|HAP|SAD|FEA|DIS|ANG)_(LO|MD|HI|XX)$")
@@ -190,6 +194,37 @@ def test_kinetics_same_bytes_any_workers(kinetics, tmp_path_factory):
     assert _md5s(root) == _md5s(other)
 
 
+def test_difficulty_profile_same_bytes_any_workers(tmp_path_factory):
+    one, _ = _gen(tmp_path_factory, "like1", 0, CREMAD_LIKE)
+    two, _ = _gen(tmp_path_factory, "like2", 0, dataclasses.replace(CREMAD_LIKE, workers=2))
+    assert _md5s(one) == _md5s(two)
+
+
+def test_difficulty_changes_the_bytes(tmp_path_factory):
+    """The profile changes the clips it should, and only those: the same names (the plan's ids do not depend on
+    the signal knobs); a clip's video differs when the profile changes what every frame shows or the clip's video
+    kind, its audio when the profile changes the noise or the clip's audio cue, and is the same otherwise."""
+    custom, _ = _gen(tmp_path_factory, "custom", 0, FORMAT)
+    like, summary = _gen(tmp_path_factory, "like3", 0, CREMAD_LIKE)
+    a, b = _md5s(custom), _md5s(like)
+    assert set(a) == set(b) and a[synth.TRUTH_FILE] != b[synth.TRUTH_FILE]
+    frames_change = any(getattr(FORMAT, k) != getattr(CREMAD_LIKE, k) for k in ("video_contrast", "video_noise", "clutter"))
+    noise_changes = FORMAT.audio_snr_db != CREMAD_LIKE.audio_snr_db
+    before = {r["clip_id"]: r for r in _truth(custom)}
+    flv = wav = 0
+    for r in _truth(like):
+        old, cid = before[r["clip_id"]], r["clip_id"]
+        video_differs = a[f"VideoFlash/{cid}.flv"] != b[f"VideoFlash/{cid}.flv"]
+        assert video_differs == (frames_change or old["video_kind"] != r["video_kind"]), r
+        audio_same = (old["audio_kind"], old["audio_class_name"]) == (r["audio_kind"], r["audio_class_name"])
+        audio_differs = a[f"AudioWAV/{cid}.wav"] != b[f"AudioWAV/{cid}.wav"]
+        assert audio_differs == (noise_changes or not audio_same), r
+        flv, wav = flv + video_differs, wav + audio_differs
+    assert flv and wav  # the profile makes both modalities harder
+    n = CREMAD_LIKE.clips_per_class
+    assert summary["per_video_kind"]["ambiguous"] == FORMAT.num_classes * round(CREMAD_LIKE.video_ambiguous_fraction * n)
+
+
 def test_other_seed_other_bytes(cremad, tmp_path_factory):
     root, _ = cremad
     other, _ = _gen(tmp_path_factory, "cremad3", 1, SMALL)
@@ -252,6 +287,44 @@ def test_video_carries_the_class_angle_with_a_random_sign(cremad):
     assert signs == {True, False}  # both signs occur: a flip maps every class onto itself
 
 
+def test_ambiguous_video_cue_tells_nothing_of_the_label():
+    """An ambiguous clip's disk shows no stripes or stripes half-way between two class angles, at the period of a
+    random class: what it shows has the same distribution for every label."""
+    K, draws = 6, 3000
+    seen = []
+    for label in range(K):
+        rng = np.random.default_rng([7, label])
+        cues = [synth.clip_video_cue(rng, "ambiguous", label, K) for _ in range(draws)]
+        plain = sum(c is None for c in cues) / draws
+        shown = [(round(math.degrees(c["angle"])), c["period"]) for c in cues if c is not None]
+        assert 0.45 < plain < 0.55 and {a for a, _ in shown} == {15, 45, 75}
+        seen.append({k: shown.count(k) / len(shown) for k in set(shown)})
+        assert synth.clip_video_cue(rng, "clean", label, K) == synth.video_cue(label, K)
+    keys = set(seen[0])
+    assert all(set(f) == keys for f in seen) and len(keys) == 3 * len({synth.video_cue(c, K)["period"] for c in range(K)})
+    for k in keys:  # each (angle, period) equally frequent whatever the label
+        assert max(f[k] for f in seen) - min(f[k] for f in seen) < 0.05, k
+
+
+def test_video_kind_changes_only_the_video(tmp_path):
+    """Same clip, clean or ambiguous video: the audio is the same; the video differs, and only inside the disk."""
+    clip = synth._plan(0, SMALL)[0]
+    out = {}
+    for kind in synth.VIDEO_KINDS:
+        d = tmp_path / kind
+        (d / "VideoFlash").mkdir(parents=True)
+        (d / "AudioWAV").mkdir()
+        synth._render((dataclasses.replace(clip, video_kind=kind), SMALL, 0, str(d)))
+        out[kind] = {p.parent.name: p.read_bytes() for p in d.rglob("*.*")}
+    assert out["clean"]["AudioWAV"] == out["ambiguous"]["AudioWAV"]
+    assert out["clean"]["VideoFlash"] != out["ambiguous"]["VideoFlash"]
+    frames = {cue: synth.synth_video(np.random.default_rng([0, 1]), SMALL, 6, None if cue == "plain" else synth.video_cue(2, 6))
+              for cue in ("plain", "class")}
+    diff = np.abs(frames["plain"].astype(int) - frames["class"].astype(int)).max(-1)  # (T, H, W)
+    changed = (diff > 0).mean((1, 2))  # share of each frame's pixels
+    assert (changed > 0.05).all() and (changed < np.pi * (0.28 * 1.1 * SMALL.height + 3) ** 2 / diff[0].size).all()
+
+
 def test_video_cues_survive_a_horizontal_flip():
     """Flipping maps a wave-vector angle a to pi - a, which folds back to the same class; classes stay distinct."""
     for K in (6, 8, 31):
@@ -274,10 +347,30 @@ def test_video_cues_survive_a_horizontal_flip():
     ("audio_snr_db", float("nan")), ("video_contrast", 0.0), ("video_noise", -0.1),
     ("ambiguous_fraction", 1.5), ("misleading_fraction", 0.9), ("clutter", -1),
     ("video_quality", 40), ("workers", 0), ("num_classes", 2.0), ("clips_per_class", True),
+    ("difficulty", "hard"), ("difficulty", None), ("video_ambiguous_fraction", 1.5),
+    ("video_ambiguous_fraction", -0.1),
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^synth\.{field}: "):  # refused when built: nothing can be generated
         dataclasses.replace(SMALL, **{field: value})
+
+
+def test_difficulty_profile_sets_its_knobs_and_refuses_others():
+    profile = synth.DIFFICULTIES["cremad_like"]
+    assert profile and all(getattr(CREMAD_LIKE, k) == v for k, v in profile.items())
+    assert any(getattr(FORMAT, k) != v for k, v in profile.items())  # it changes something
+    copy = dataclasses.replace(CREMAD_LIKE, workers=2)  # a built profile config rebuilds (its knobs hold the profile's)
+    assert all(getattr(copy, k) == v for k, v in profile.items())
+    custom = dataclasses.replace(CREMAD_LIKE, difficulty="custom")  # custom: the knobs as they are
+    assert all(getattr(custom, k) == v for k, v in profile.items())
+    for key, value in profile.items():  # a knob away from both its default and the profile's value: refused
+        default = next(f.default for f in dataclasses.fields(SynthConfig) if f.name == key)
+        other = next(x for x in ((1, 2, 3) if type(default) is int else (0.45, 0.35, 0.3))
+                     if x not in (default, value))  # within every knob's range and cross-key rules
+        with pytest.raises(ValueError, match=rf"^synth\.{key}: difficulty cremad_like sets it"):
+            dataclasses.replace(FORMAT, difficulty="cremad_like", **{key: other})
+        dataclasses.replace(FORMAT, **{key: other})  # fine with custom (within range)
+    assert SynthConfig.from_params({"difficulty": "cremad_like"}) == SynthConfig(difficulty="cremad_like")
 
 
 def test_kinetics_num_classes_limit_and_cremad_ids(tmp_path):

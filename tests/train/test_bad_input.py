@@ -74,11 +74,12 @@ def test_shard_content_does_not_match_the_index(features, tmp_path):
 
 def test_scores_file_of_another_feature_set_is_refused_on_resume(features, tmp_path):
     out = tmp_path / "run"
-    kill_at(launch(features / "index.h5", out, "remix", 1), out, 5)  # killed in a remix epoch: scores.h5 exists
+    config = {**CONFIG, "epochs": 5}  # killed in a remix epoch (scores.h5 exists) with another remix epoch to go
+    kill_at(launch(features / "index.h5", out, "remix", 1, config=config), out, 5)
     (default_work_dir(out) / "scores.h5").unlink()
     ScoresFile(default_work_dir(out) / "scores.h5", modalities=["audio", "video"], num_samples=7, fingerprint="another")
     with pytest.raises(ValueError, match="scores.h5: scores of another dataset"):
-        run(features, out, CONFIG)
+        run(features, out, config)
 
 
 def test_model_of_another_feature_set_is_refused_by_evaluate(features, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.shards import IndexReader
 from tests.train.test_data import extracted_features
+from train.config import TrainConfig
 from train.sampler import RemixBatchSampler
 
 
@@ -264,3 +265,184 @@ def test_resume_skips_the_batches_already_done():
     assert len(resumed) == len(whole) - 4 and list(resumed) == whole[4:]
     resumed.set_epoch(4)  # the next epoch starts from its first batch
     assert len(resumed) == len(list(resumed)) == len(full)
+
+
+# -- shuffle_window: blocks of shards shuffled together --------------------------------------------
+
+def reference_order(shard: np.ndarray, seed: int, epoch: int, window: int) -> list[int]:
+    """The documented plan, written out: the shard permutation, cut into blocks of ``window`` shards (0: one
+    block), each block's samples ordered by the epoch's per-sample random keys (the same two draws)."""
+    rng = np.random.default_rng([seed, epoch])
+    shards = np.unique(shard)
+    shard_order = shards[rng.permutation(shards.size)]
+    keys = rng.permutation(shard.size)
+    step = window or shards.size
+    out = []
+    for start in range(0, shards.size, step):
+        block = set(shard_order[start:start + step].tolist())
+        members = [i for i in range(shard.size) if shard[i] in block]
+        out += sorted(members, key=lambda i: keys[i])
+    return out
+
+
+def mixed_shards(sizes=(10, 7, 12, 10, 3, 10, 9, 10, 11, 10, 4, 10), seed=0) -> np.ndarray:
+    """Shards of unequal sizes whose samples do not follow the shard order."""
+    shard = np.repeat(np.arange(len(sizes)), sizes)
+    return shard[np.random.default_rng(seed).permutation(shard.size)]
+
+
+@pytest.mark.parametrize("window", [0, 1, 2, 4, 5, 12, 40])
+def test_epoch_order_is_the_documented_block_shuffle(window):
+    shard = mixed_shards()
+    s = sampler(shard, shuffle_window=window)
+    for epoch in (0, 3):
+        s.set_epoch(epoch)
+        assert s.epoch_order().tolist() == reference_order(shard, 0, epoch, window)
+
+
+def test_window_one_is_the_default_plan():
+    """Samplers built without a window (evaluation, scoring, benchmarks) keep the shard-local plan of window 1."""
+    shard, a = mixed_shards(), make_assignment(106)
+    for kw in (dict(), dict(order="sequential"), dict(pure=False), dict(drop_last=True)):
+        old, one = sampler(shard, a, **kw), sampler(shard, a, shuffle_window=1, **kw)
+        for e in (0, 2):
+            old.set_epoch(e), one.set_epoch(e)
+            assert list(old) == list(one)
+    # and window 1 keeps each shard one contiguous run of the epoch order
+    runs = shard[sampler(shard, shuffle_window=1).epoch_order()]
+    assert sum(1 for x, y in zip(runs, runs[1:]) if x != y) == 11
+
+
+@pytest.mark.parametrize("window", [2, 3, 5])
+def test_blocks_are_contiguous_runs_of_window_shards(window):
+    shard = mixed_shards()
+    s = sampler(shard, shuffle_window=window, batch_size=6)
+    s.set_epoch(1)
+    order = s.epoch_order()
+    place = np.empty(order.size, np.int64)
+    place[order] = np.arange(order.size)
+    first = {sh: place[shard == sh].min() for sh in np.unique(shard)}
+    by_start = sorted(first, key=first.get)  # shards in the order their blocks come
+    blocks = [by_start[k:k + window] for k in range(0, len(by_start), window)]
+    start = 0
+    for block in blocks:  # each block's samples fill one contiguous run, in turn
+        n = int(np.isin(shard, block).sum())
+        assert set(shard[order[start:start + n]].tolist()) == set(block)
+        start += n
+    # the samples of a block are mixed: shards alternate inside the run
+    runs = shard[order]
+    assert sum(1 for x, y in zip(runs, runs[1:]) if x != y) > 3 * 11
+    # a batch holds samples of one block or two consecutive ones: at most 2 * window shards
+    block_of = {sh: k for k, b in enumerate(blocks) for sh in b}
+    for b in s:
+        ks = sorted({block_of[shard[i]] for i, *_ in b})
+        assert len(ks) <= 2 and ks[-1] - ks[0] <= 1
+
+
+def test_window_zero_is_a_full_shuffle():
+    shard = mixed_shards()
+    full, all_shards = sampler(shard, shuffle_window=0), sampler(shard, shuffle_window=12)
+    for e in range(3):
+        full.set_epoch(e), all_shards.set_epoch(e)
+        assert full.epoch_order().tolist() == all_shards.epoch_order().tolist()  # one block of every shard
+    # over many epochs every sample is about equally likely at every place (a uniform permutation)
+    n, epochs = shard.size, 400
+    first_half = np.zeros(n)
+    for e in range(epochs):
+        full.set_epoch(e)
+        first_half[full.epoch_order()[: n // 2]] += 1
+    share = first_half / epochs  # each sample's share of epochs in the first half: 0.5 expected (sd 0.025)
+    assert abs(share.mean() - 0.5) < 0.01 and share.min() > 0.35 and share.max() < 0.65
+    # neighbours in the epoch order: mostly of one shard with window 1, of any shard with window 0
+    one = sampler(shard, shuffle_window=1)
+    one.set_epoch(7), full.set_epoch(7)
+    o1, o0 = one.epoch_order(), full.epoch_order()
+    assert (shard[o1[:-1]] == shard[o1[1:]]).mean() > 0.85 and (shard[o0[:-1]] == shard[o0[1:]]).mean() < 0.3
+
+
+@pytest.mark.parametrize("window", [0, 1, 3])
+@pytest.mark.parametrize("order", ["interleaved", "sequential"])
+def test_batches_of_a_modality_are_its_samples_in_epoch_order(window, order):
+    """What the oracle test relies on: modality m's batches, in yield order, are the m-assigned samples of
+    ``epoch_order()`` cut into runs of batch_size (every sample once, any window)."""
+    shard, a = mixed_shards(), make_assignment(106)
+    s = sampler(shard, a, batch_size=5, order=order, shuffle_window=window)
+    s.set_epoch(2)
+    order_ = s.epoch_order()
+    batches = list(s)
+    assert sorted(i for b in batches for i, *_ in b) == list(range(106))
+    for m in range(3):
+        mine = [[int(i) for i, *_ in b] for b in batches if b[0][1] == m]
+        expected = [int(i) for i in order_ if a[i] == m]
+        runs = [expected[k:k + 5] for k in range(0, len(expected), 5)]
+        if order == "sequential":  # in yield order
+            assert mine == runs
+        else:  # the same batches, interleaved with the other modalities' in a seeded order
+            assert sorted(mine) == sorted(runs) and mine != runs
+
+
+@pytest.mark.parametrize("window", [0, 2, 4])
+@pytest.mark.parametrize("pure", [True, False])
+def test_every_sample_once_per_epoch_for_any_window(window, pure):
+    shard, a = mixed_shards(), make_assignment(106)
+    for drop_last in (False, True):
+        s = sampler(shard, a, pure=pure, shuffle_window=window, drop_last=drop_last)
+        for e in range(3):
+            s.set_epoch(e)
+            seen = [i for i, _ in flat(s)]
+            dropped = sum(v["dropped"] for v in s.stats().values())
+            assert len(seen) == len(set(seen)) and len(seen) + dropped == 106
+            if not drop_last:
+                assert sorted(seen) == list(range(106))
+
+
+@pytest.mark.parametrize("window", [0, 4])
+def test_simulated_ddp_with_a_window(window):
+    shard, a = mixed_shards(), make_assignment(106)
+    kw = dict(batch_size=9, drop_last=False, world_size=2, shuffle_window=window)
+    ranks = [sampler(shard, a, rank=r, **kw) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(5)
+    r0, r1 = list(ranks[0]), list(ranks[1])
+    assert len(r0) == len(r1)
+    for b0, b1, g in zip(r0, r1, ranks[0].global_batches()):
+        assert b0 and b1 and abs(len(b0) - len(b1)) <= 1
+        assert [it[:2] for it in b0 + b1] == g  # the ranks' contiguous slices make up the global batch
+        assert len({m for _, m, _ in b0 + b1}) == 1
+    i0, i1 = {i for i, _ in flat(r0)}, {i for i, _ in flat(r1)}
+    assert not i0 & i1 and len(i0 | i1) + sum(v["dropped"] for v in ranks[0].stats().values()) == 106
+
+
+def test_window_with_repeats_draws_every_copy():
+    shard, a = mixed_shards(), make_assignment(106)
+    copies = np.random.default_rng(2).integers(0, 4, 106)
+    s = sampler(shard, a, shuffle_window=0, batch_size=7)
+    s.set_repeats(copies)
+    s.set_epoch(1)
+    counts = Counter(i for b in s for i, *_ in b)
+    assert all(counts[i] == copies[i] for i in range(106))
+    runs = shard[s.epoch_order()]
+    assert sum(1 for x, y in zip(runs, runs[1:]) if x != y) > 3 * 11  # copies mixed over all shards
+
+
+def test_windows_change_the_batches_not_the_samples():
+    shard, a = mixed_shards(), make_assignment(106)
+    plans = {}
+    for window in (0, 1, 4):
+        s = sampler(shard, a, shuffle_window=window)
+        s.set_epoch(3)
+        plans[window] = list(s)
+    assert plans[0] != plans[1] != plans[4] != plans[0]
+    assert len({tuple(sorted(flat(p))) for p in plans.values()}) == 1
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "4"])
+def test_bad_shuffle_window(bad):
+    with pytest.raises(ValueError, match="shuffle_window"):
+        sampler(make_shard(), shuffle_window=bad)
+
+
+def test_shuffle_window_setting_is_validated():
+    assert TrainConfig().shuffle_window == 0  # the official code's full shuffle
+    with pytest.raises(ValueError, match=r"train\.shuffle_window: must be >= 0, got -1"):
+        TrainConfig.from_params({"shuffle_window": -1})

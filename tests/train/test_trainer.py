@@ -107,6 +107,18 @@ def test_baseline_heads_are_probes_that_never_move_the_encoders():
     assert all(fused_only[f"heads.{m}.weight"].abs().sum() > 0 for m in ("audio", "video"))  # the probes learn
 
 
+@pytest.mark.parametrize("method", ["ogm_ge", "resample"])
+def test_baseline_loss_sets_the_baseline_only(method):
+    """``train.baseline_loss`` (eq. 1, the official baseline) never changes a comparison method's base loss (L_fused
+    with probes, as their official code): the gradients are the same under either value (PMR: test_pmr's loss by
+    hand; Greedy shares the same Method.loss)."""
+    fused = _encoder_grads(method, [-1] * 4, baseline_loss="fused")
+    eq1 = _encoder_grads(method, [-1] * 4, baseline_loss="eq1")
+    assert fused.keys() == eq1.keys() and all(torch.equal(fused[k], eq1[k]) for k in fused)
+    base = _encoder_grads("baseline", [-1] * 4, baseline_loss="eq1")
+    assert any(not torch.equal(base[k], eq1[k]) for k in eq1 if k.startswith("encoders."))
+
+
 def test_remix_loss_adds_only_the_assigned_modality():
     grads = _encoder_grads("remix", [0, 0, 0, 0])  # all audio: the video head gets no gradient
     assert "heads.video.weight" not in grads and grads["heads.audio.weight"].abs().sum() > 0
@@ -142,10 +154,12 @@ def _fingerprint(features):
     return dataset_fingerprint(IndexReader(features / "index.h5"))
 
 
-@pytest.mark.parametrize("mask,skip", [("feature", False), ("input", False), ("input", True)])
+@pytest.mark.parametrize("mask,skip,grad", [("feature", False, "none"), ("input", False, "none"),
+                                            ("input", True, "none"), ("feature", False, "zero")])
 def test_an_encoder_masked_for_the_whole_step_is_not_moved(cremad_raw, tmp_path_factory, tmp_path, monkeypatch,
-                                                           mask, skip):
-    """Remix epochs of pure audio batches: the video encoder keeps its weights (no gradient, no momentum, no decay)."""
+                                                           mask, skip, grad):
+    """Remix epochs of pure audio batches: with ``masked_grad: none`` the video encoder keeps its weights (no
+    gradient, no momentum, no decay); with ``zero`` (official) the optimizer still moves it."""
     from train import trainer
     features = extracted_features(cremad_raw, tmp_path_factory)
     monkeypatch.setattr(remix, "assign_weakest", lambda kl: np.zeros(len(kl), np.int64))  # every sample: audio
@@ -157,8 +171,27 @@ def test_an_encoder_masked_for_the_whole_step_is_not_moved(cremad_raw, tmp_path_
         return real_predict(model, loader, *a, **kw)
 
     monkeypatch.setattr(trainer, "predict", spy)
-    cfg = TrainConfig(**{**TINY, "scoring": "online"}, mask=mask, skip_masked=skip)
+    cfg = TrainConfig(**{**TINY, "scoring": "online"}, mask=mask, skip_masked=skip, masked_grad=grad)
     train(index_path=features / "index.h5", out_dir=tmp_path / "r", method="remix", config=cfg, seed=0)
     after_warmup, end = snapshots[0], snapshots[-1]
-    assert all(torch.equal(a, b) for a, b in zip(after_warmup["video"], end["video"]))  # not moved
+    moved = [not torch.equal(a, b) for a, b in zip(after_warmup["video"], end["video"])]
+    if grad == "none":
+        assert not any(moved)  # no gradient: the optimizer skips it
+    else:  # a zero gradient (the official code's): AdamW's decay and the warm-up's moments still move it
+        assert any(moved)
     assert any(not torch.equal(a, b) for a, b in zip(after_warmup["audio"], end["audio"]))  # trained
+
+
+def test_log_test_acc_logs_test_every_epoch_and_never_selects_on_it(cremad_raw, tmp_path_factory, tmp_path):
+    features = extracted_features(cremad_raw, tmp_path_factory)
+    summary = train(index_path=features / "index.h5", out_dir=tmp_path / "r" / "train", method="baseline",
+                    config=TrainConfig(**TINY, log_test_acc=True), seed=0)
+    history = summary["history"]
+    assert all({"test_fused", "test_audio", "test_video"} <= row.keys() for row in history)
+    metrics = evaluate(index_path=features / "index.h5", run_dir=tmp_path / "r")
+    best = summary["best"]["epoch"]
+    assert summary["best"]["val_fused"] == max(row["val_fused"] for row in history)  # selected on validation
+    assert history[best]["test_fused"] == pytest.approx(metrics["acc_fused"])  # the same model, the same test set
+    plain = train(index_path=features / "index.h5", out_dir=tmp_path / "p", method="baseline",
+                  config=TrainConfig(**TINY), seed=0)
+    assert [r["val_fused"] for r in plain["history"]] == [r["val_fused"] for r in history]  # changes no training

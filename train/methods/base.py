@@ -15,7 +15,7 @@ no modality. A method changes only what its paper changes, through these hooks, 
         for keep in method.substeps(keep, ctx):          # one optimizer step each (default: one)
             out  = method.forward(model, inputs, keep=..., mask=..., skip_masked=..., ctx=ctx)
             loss = method.loss(model, out, y, m_code, ctx)
-            loss.backward(); encoders masked for the whole step get grad None; gradients averaged over ranks
+            loss.backward(); encoders masked for the whole step get method.masked_gradient(ctx); averaged over ranks
             method.modulate_gradients(model, out, y, m_code, ctx)   # e.g. OGM-GE, Greedy; same on every rank
             optimizer.step(); method.after_step(model, out, batch, ctx)
     per epoch end: row.update(method.epoch_end(epoch, ctx)); validation;
@@ -138,6 +138,11 @@ class Method:
         for the whole step is skipped (not run, grad None)."""
         return self.config.mask, self.config.skip_masked and self.config.mask == "input"
 
+    def masked_gradient(self, ctx: Context) -> str:
+        """The gradient of an encoder masked for the whole step: ``none`` (grad None: the optimizer skips it, as
+        for a module outside the step's graph) or ``zero`` (a zero gradient: Adam's moments and L2 decay apply)."""
+        return "none"
+
     def substeps(self, keep: torch.Tensor, ctx: Context) -> list[torch.Tensor]:
         """[B, K] keep masks, one optimizer step each on the same batch (default: one step with ``keep``)."""
         return [keep]
@@ -148,8 +153,10 @@ class Method:
 
     def loss(self, model: AVModel, out: ModelOutput, y: torch.Tensor, m_code: torch.Tensor,
              ctx: Context) -> torch.Tensor:
-        """The step's loss; y [B] labels, m_code [B] assigned modality (-1: all present)."""
-        return joint_loss(model, out, y, self.config)
+        """The step's loss; y [B] labels, m_code [B] assigned modality (-1: all present). Default: L_fused, the
+        unimodal heads as probes on detached features (the comparison methods' official base loss; the
+        ``baseline`` method follows ``train.baseline_loss``)."""
+        return joint_loss(model, out, y, self.config, "fused")
 
     def modulate_gradients(self, model: AVModel, out: ModelOutput, y: torch.Tensor, m_code: torch.Tensor,
                            ctx: Context) -> None:

@@ -34,7 +34,7 @@ class Greedy(Method):
 
     Choices where the paper is ambiguous: the speed definitions, the running-average replacement,
     epsilon = 0.01 and Q = 5 steps follow the authors' released code (their ``starting_epoch = 2``
-    counts epochs from 1: ``start_epoch = 1`` here); the loss is the trainer's baseline loss on the
+    counts epochs from 1: ``start_epoch = 1`` here); the loss is joint training's L_fused (heads as probes) on the
     concat fusion head (theirs: the mean of per-branch logits). Gradients are averaged over ranks
     before ``modulate_gradients``, so the speeds are identical on every rank; the excitation running
     average sums the ranks' batches with ``ctx.all_sum``.

@@ -4,13 +4,18 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
+from train.losses import joint_loss
 from train.methods.base import EpochPlan, Method
 
 
 class Baseline(Method):
-    """Joint training on L_fused (``baseline_loss: fused``; the heads are linear probes) or eq. 1 (``eq1``)."""
+    """Joint training on eq. 1 (``baseline_loss: eq1``, the official baseline.py) or L_fused (``fused``; the heads
+    are linear probes)."""
 
     name = "baseline"
+
+    def loss(self, model, out, y, m_code, ctx):
+        return joint_loss(model, out, y, self.config, self.config.baseline_loss)
 
 
 class Only(Method):

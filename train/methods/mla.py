@@ -235,6 +235,7 @@ class MLARemix(Remixing, MLA):
 
     name = "mla_remix"
     loss = MLA.loss
+    masked_gradient = MLA.masked_gradient  # every step runs one encoder alone, the others outside the graph (None)
 
     def __init__(self, config, modalities, num_classes, params=None):
         super().__init__(config, modalities, num_classes, params)

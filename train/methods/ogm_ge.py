@@ -57,7 +57,7 @@ def coefficients(rho: torch.Tensor, alpha: float, coeff: str) -> torch.Tensor:
 
 
 class OGMGE(Method):
-    """OGM-GE (Peng, Wei, Deng, Wang, Hu, CVPR 2022): the baseline's loss (L_fused, heads as detached probes);
+    """OGM-GE (Peng, Wei, Deng, Wang, Hu, CVPR 2022): joint training's L_fused (heads as detached probes);
     after backward, the encoder gradients of the modality that dominates the fused prediction are scaled down,
     then Gaussian noise with the gradient's own standard deviation is added (GE).
 

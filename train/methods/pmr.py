@@ -77,7 +77,7 @@ def training_features(model: torch.nn.Module):
 
 
 class PMR(Method):
-    """PMR (Fan et al., CVPR 2023): the baseline's loss (L_fused, heads as detached probes) plus, per modality,
+    """PMR (Fan et al., CVPR 2023): joint training's L_fused (heads as detached probes) plus, per modality,
     a prototypical cross-entropy (PCE) on the encoder features, weighted by how far the modality lags behind
     (eqs. 8-11), and during the first epochs a prototypical entropy regulariser (PER) that slows the dominant
     modality (eq. 13): L = L_base + alpha * sum_m w_m PCE_m - mu * sum_m r_m H_m.

@@ -155,6 +155,10 @@ class Remixing:
         pred = predict(ctx.model, ctx.loaders["train_eval"], self.modalities, ctx.device, cfg.unimodal_pred, cfg.amp)
         return np.stack([kl_to_uniform(torch.from_numpy(pred[m])).numpy() for m in self.modalities], 1)
 
+    def masked_gradient(self, ctx: Context) -> str:
+        """Remix batches: ``train.masked_grad`` (official: zero, the masked features were zeroed in the graph)."""
+        return self.config.masked_grad if ctx.phase == "remix" else super().masked_gradient(ctx)
+
     def loss(self, model, out, y, m_code, ctx):
         if (m_code < 0).all():  # multimodal batch (warm-up): eq. 1
             return eq1_loss(out, y, self.config.alpha, self.modalities)

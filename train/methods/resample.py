@@ -107,7 +107,7 @@ class Resample(Method):
     Choices where the paper and its code leave it open or do not fit the trainer: the copies are whole
     multimodal samples (the official code drops the other modality in each extra copy, one set of copies per
     modality; here a sample gets copies for its weakest modality only, and the loss is the method's
-    ordinary one); the loss is the baseline's (``train.baseline_loss``), or in ``resample_remix`` (Resample with
+    ordinary one); the loss is L_fused with the heads as probes (as the other comparison methods'), or in ``resample_remix`` (Resample with
     :class:`~train.methods.remix.Remixing`)
     Data Remixing's, whose per-sample assignment every copy carries and whose phase starts the re-sampling
     (after a warm-up the guard may extend). The valuation runs under the trainer's autocast (``train.amp``).

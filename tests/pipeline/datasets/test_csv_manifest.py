@@ -70,3 +70,20 @@ def test_csv_with_split_lists(tmp_path):
     (lists / "test.csv").write_text("x5,x\ny5,x\n")
     with pytest.raises(ManifestError, match=r"test\.csv:2: label 'x' of clip 'y5' disagrees"):
         csv_manifest(str(tmp_path / "m.csv"), split_file=str(lists), **OPTS)
+
+
+def test_csv_labels_equal_up_to_case_are_refused_naming_both_spellings_and_files(tmp_path):
+    """``neu`` and `` NEU `` would become two classes: refused, naming each spelling's first line and clip file."""
+    (tmp_path / "m.csv").write_text("video,label\nclips/a.wav,neu\nclips/b.wav,hap\nclips/c.wav, NEU \nclips/d.wav,neu\n")
+    touch(tmp_path, *[f"clips/{c}.wav" for c in "abcd"])
+    with pytest.raises(ManifestError) as err:
+        csv_manifest(str(tmp_path / "m.csv"), **OPTS)
+    text = str(err.value)
+    csv_path, clips = str(tmp_path / "m.csv"), os.path.join(str(tmp_path), "clips")
+    assert f"'neu' (first at {csv_path}:2, clip file {clips}/a.wav) and 'NEU' (first at {csv_path}:4, clip file " \
+           f"{clips}/c.wav)" in text and "'hap'" not in text
+    # surrounding spaces alone are stripped, as every field's: one class
+    (tmp_path / "m.csv").write_text("video,label\n" + "".join(f"clips/{c}.wav,{lab}\n" for c, lab in
+                                                               zip("abcd", ("neu", " neu", "hap ", "hap"))))
+    _, classes = csv_manifest(str(tmp_path / "m.csv"), **OPTS)
+    assert classes == ["hap", "neu"]

@@ -46,3 +46,13 @@ def test_kinetics_flat_and_duplicates(tmp_path):
     touch(tmp_path / "dup", "train/a/c1.mp4", "test/b/c1.mp4")
     with pytest.raises(ManifestError, match=r"duplicate clip id 'c1'.*train/a/c1\.mp4.*test/b/c1\.mp4"):
         kinetics_sounds(str(tmp_path / "dup"), **OPTS)
+
+
+def test_class_folders_equal_up_to_case_are_refused(tmp_path):
+    """Any adapter's labels go through the same check (pipeline.datasets.base.finish): two class folders spelt
+    ``Barking`` and ``barking`` are one class written twice, not two classes."""
+    for split in ("train", "test"):
+        touch(tmp_path, *[f"{split}/{p}" for c in ("Barking", "barking", "singing") for p in ks_names(c, 4, split)])
+    with pytest.raises(ManifestError, match=r"'Barking' \(first at clip .*/Barking/.*\) and 'barking' "
+                                            r"\(first at clip .*/barking/"):
+        kinetics_sounds(str(tmp_path), **OPTS)

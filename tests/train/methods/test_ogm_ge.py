@@ -54,7 +54,7 @@ def fixed_toy(fusion: str = "concat") -> tuple[AVModel, dict[str, torch.Tensor],
 
 
 def ogm(mods, **params) -> OGMGE:
-    cfg = TrainConfig(modalities=list(mods))
+    cfg = TrainConfig(modalities=list(mods), sequential_order=[])
     return build_method("ogm_ge", cfg, list(mods), 2, {"ogm_ge": params})
 
 

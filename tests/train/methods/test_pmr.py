@@ -31,7 +31,7 @@ TINY = dict(epochs=3, warmup_epochs=1, width=4, batch_size=4, frame_size=24, wor
 
 
 def pmr(mods=("a", "v"), num_classes: int = 2, **params) -> PMR:
-    return build_method("pmr", TrainConfig(modalities=list(mods)), list(mods), num_classes, {"pmr": params})
+    return build_method("pmr", TrainConfig(modalities=list(mods), sequential_order=[]), list(mods), num_classes, {"pmr": params})
 
 
 def make_ctx(model: AVModel, method: PMR, loader=None, epoch: int = 0) -> Context:
