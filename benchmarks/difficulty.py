@@ -118,11 +118,13 @@ def run(index: Path, work: Path, method: str, cfg: TrainConfig, seed: int) -> di
     """Train and evaluate one run: test accuracies, wall and CPU seconds of the training (the CPU time does not
     grow when other work shares the machine; the wall time does)."""
     start, cpu = time.perf_counter(), cpu_seconds()
-    train(index_path=index, out_dir=work / "train", method=method, config=cfg, seed=seed)
+    summary = train(index_path=index, out_dir=work / "train", method=method, config=cfg, seed=seed)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     metrics = evaluate(index_path=index, run_dir=work)
+    curve = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
+              if k.startswith(("val_", "assigned_"))} for row in summary["history"]]  # per epoch, for the JSON
     return {"method": method, "seed": seed, "train_s": round(seconds, 1), "train_cpu_s": round(cpu, 1),
-            **{k: metrics[f"acc_{k}"] for k in ACCS}}
+            **{k: metrics[f"acc_{k}"] for k in ACCS}, "best_epoch": summary["best"]["epoch"], "curve": curve}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -189,7 +191,7 @@ def main() -> None:
         for seed in seeds:
             for m in args.methods:
                 runs.append(run(index, Path(tmp) / f"{m}-s{seed}", m, cfgs[m]["train"], seed))
-                print(json.dumps(runs[-1]), flush=True)
+                print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
     import torch
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

@@ -196,8 +196,9 @@ def describe_data(records: Iterable[Record]) -> str:
     seen: dict[str, None] = {}
     for r in records:
         if r.param("prepare.root") == SYNTH_ROOT:
-            text = (f"the embedded synthetic dataset ({r.param('synth.num_classes')} classes x "
-                    f"{r.param('synth.clips_per_class')} clips)")
+            level = r.param("synth.difficulty", "custom")
+            text = (f"the embedded synthetic dataset ({'' if level == 'custom' else level + ', '}"
+                    f"{r.param('synth.num_classes')} classes x {r.param('synth.clips_per_class')} clips)")
         else:
             text = f"{r.param('prepare.dataset')} at {r.param('prepare.root')}"
         seen[text] = None

@@ -424,17 +424,17 @@ def test_grid_then_tables_end_to_end(project):
     again = _run(project, sys.executable, "-m", "experiments.tables", "--out", "again", "--paper-csv", str(paper),
                  "--from-records", "--records", "out/records.json")  # the saved runs render the same tables
     assert again.returncode == 0 and (project / "again" / "tables.md").read_text() == md, again.stderr
-    cells = [cells.fmt(cells.Stat.of([acc[m, 0], acc[m, 1]]), 100) for m in ("baseline", "remix")]
+    shown = [cells.fmt(cells.Stat.of([acc[m, 0], acc[m, 1]]), 100) for m in ("baseline", "remix")]
     gain = (acc["remix", 0] + acc["remix", 1] - acc["baseline", 0] - acc["baseline", 1]) / 2 * 100
     row = next(line for line in md.split("## Table 2")[0].splitlines() if line.startswith("| concat |"))
-    assert row.startswith(f"| concat | {cells[0]} | 60.00 / — | {cells[1]} | 61.50 / — | {gain:+.2f} ± "), md
+    assert row.startswith(f"| concat | {shown[0]} | 60.00 / — | {shown[1]} | 61.50 / — | {gain:+.2f} ± "), md
     lo, hi = (float(x) for x in row.split("[")[1].split("]")[0].split(","))  # the bootstrap interval over clips
     assert lo <= gain <= hi and row.endswith(f"{'*' if lo > 0 or hi < 0 else ''} | +1.50 / — |"), row
     saved = rec.load_records(project / "out" / "records.json")  # each run's per-clip predictions were read
     for r in saved:
         assert len(r.clip_keys) == r.metrics["samples"] and r.right["fused"].count("1") == round(
             r.metrics["acc_fused"] * r.metrics["samples"]), r.name
-    assert cells[0].endswith("(n=2)")
+    assert shown[0].endswith("(n=2)")
     t3 = md.split("## Table 3")[1].split("## Table 4")[0]
     row = next(line for line in t3.splitlines() if line.startswith("| baseline | concat |"))
     assert row.endswith("| 1.00 |") and "—" not in row  # times read from each experiment's log.json
