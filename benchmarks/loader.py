@@ -151,18 +151,24 @@ def time_readers(datasets: dict[str, ShardDataset], workers: int, *, batch_size:
         s = RemixBatchSampler(shard_ids, batch_size=batch_size, drop_last=False, seed=seed, order=order)
         s.set_assignment(assignment, num_modalities)
         samplers[name], loaders[name] = s, make_loader(ds, s, workers=workers)
-    for name in READERS:  # read every file of each layout once (page cache) and start the persistent workers
+    return time_in_turn(loaders, samplers, list(READERS), repeats=repeats, epochs=epochs)
+
+
+def time_in_turn(loaders: dict, samplers: dict, names: list[str], *, repeats: int, epochs: int) -> list[dict[str, float]]:
+    """Per repetition, samples/s of each named loader over ``epochs`` epochs, the names taking turns first; every
+    loader read once before (page cache warm, persistent workers started), all shut down after."""
+    for name in names:
         run_epoch(loaders[name], samplers[name], 10_000)
     reps = []
     for rep in range(repeats):
         rates = {}
-        for name in READERS[rep % 3:] + READERS[:rep % 3]:
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
             start, n = time.perf_counter(), 0
             for e in range(epochs):
                 n += run_epoch(loaders[name], samplers[name], rep * epochs + e)
             rates[name] = n / (time.perf_counter() - start)
         reps.append(rates)
-    del loaders
+    loaders.clear()
     gc.collect()  # shut the persistent workers down before the next setting
     return reps
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import os
 import platform
 import tempfile
@@ -59,7 +58,7 @@ from train.config import TrainConfig
 from train.data import ShardDataset, estimate_mel_stats, make_loader
 from train.sampler import RemixBatchSampler
 
-from loader import fmt, run_epoch, summary  # benchmarks/loader.py: this script's folder on sys.path
+from loader import fmt, summary, time_in_turn  # benchmarks/loader.py: this script's folder on sys.path
 from _results import write_results  # benchmarks/_results.py
 
 # (name, seeded clip order, shuffle_window); the first is the baseline of every ratio
@@ -166,21 +165,7 @@ def time_layouts(indexes: dict, cfg: TrainConfig, *, workers: int, seed: int, re
                               shuffle_window=window)
         s.set_assignment(np.random.default_rng(seed).integers(0, 2, len(ds)), 2)
         samplers[name], loaders[name] = s, make_loader(ds, s, workers=workers)
-    names = [name for name, *_ in LAYOUTS]
-    for name in names:  # page cache warm and persistent workers started for every layout
-        run_epoch(loaders[name], samplers[name], 10_000)
-    reps = []
-    for rep in range(repeats):
-        rates = {}
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
-            start, n = time.perf_counter(), 0
-            for e in range(epochs):
-                n += run_epoch(loaders[name], samplers[name], rep * epochs + e)
-            rates[name] = n / (time.perf_counter() - start)
-        reps.append(rates)
-    del loaders
-    gc.collect()  # shut the persistent workers down before the next setting
-    return reps
+    return time_in_turn(loaders, samplers, [name for name, *_ in LAYOUTS], repeats=repeats, epochs=epochs)
 
 
 def time_bytes(indexes: dict, cfg: TrainConfig, *, seed: int, repeats: int, epochs: int) -> list[dict]:
