@@ -162,7 +162,7 @@ _M_AUDIO, _M_VIDEO, _M_VCUE = 1, 2, 3  # last key of a clip's streams [seed, _S_
 # given; their defaults are the demo dataset). Measured and declared in docs/datasets.md (benchmarks/difficulty.py).
 DIFFICULTIES: dict[str, dict[str, float]] = {
     "custom": {},
-    "cremad_like": {"audio_snr_db": 0.0, "video_contrast": 0.15, "video_noise": 0.06, "ambiguous_fraction": 0.3,
+    "cremad_like": {"audio_snr_db": 0.0, "video_contrast": 0.16, "video_noise": 0.06, "ambiguous_fraction": 0.3,
                     "misleading_fraction": 0.1, "video_ambiguous_fraction": 0.3, "clutter": 8},
 }
 
