@@ -183,3 +183,28 @@ def test_bad_arguments(index):
         ds[len(ds)]
     with pytest.raises(ValueError, match="workers"):
         make_loader(ds, [], workers=-1)
+
+
+@pytest.mark.parametrize("stored", [2, 3, 4, 7, 10])
+def test_choose_frames_is_the_official_two_segment_sampling(stored):
+    """n = 2 segments of T // 2 frames: eval takes each segment's middle, training any frame of each segment
+    (the official dataloader's ``randint(i * seg, min((i + 1) * seg - 1, T - 1))``), every one of them in time."""
+    seg = stored // 2
+    assert D.choose_frames(stored, 2, None) == [min(i * seg + seg // 2, stored - 1) for i in range(2)]
+    gen = torch.Generator().manual_seed(0)
+    drawn = [D.choose_frames(stored, 2, gen) for _ in range(300)]
+    for i in range(2):
+        allowed = set(range(i * seg, min((i + 1) * seg - 1, stored - 1) + 1))
+        assert {d[i] for d in drawn} == allowed
+    assert D.choose_frames(stored, 0, gen) == list(range(stored))
+    with pytest.raises(ValueError, match="clip_frames"):
+        D.choose_frames(1, 2, None)
+
+
+def test_per_frame_crops_differ_between_frames_and_clip_crops_do_not():
+    frames = torch.arange(2 * 3 * 40 * 40, dtype=torch.int64).remainder(251).to(torch.uint8).view(2, 3, 40, 40)
+    frames[1] = frames[0]  # two identical frames: only the crop can make them differ
+    clip = D.train_frames(frames, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(clip[0], clip[1])
+    per_frame = D.train_frames(frames, 16, torch.Generator().manual_seed(1), per_frame=True, scale_min=0.08)
+    assert not torch.equal(per_frame[0], per_frame[1])
