@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import statistics
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from experiments.records import Record
@@ -138,3 +139,11 @@ class Table:
 
     def panels(self) -> list[Panel]:
         return [Panel(self.bars, self.unit), *self.extra]
+
+
+def emit(text: str, out: Path | None, filename: str) -> None:
+    """Print a report; with ``out``, also write it to ``out/filename`` (the folder made when missing)."""
+    print(text)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / filename).write_text(text)

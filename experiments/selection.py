@@ -5,9 +5,10 @@ Usage (in the repository root, the venv active)::
 
     python -m experiments.selection [--records experiments/results/records.json] [--out experiments/results]
 
-Per method (on ``--fusion``, default concat) and seed: the test accuracy of the checkpoint selected on validation
-(what avremix reports: ``metrics.json``), and the best test accuracy over the epochs (what the official scripts
-report: they keep the epoch with the best test accuracy). The difference is the official selection's optimism;
+Per method (on ``--fusion``, default concat; after a tuning grid, at its chosen setting: :func:`chosen_runs`) and
+seed: the test accuracy of the checkpoint selected on validation (what avremix reports: ``metrics.json``), and the
+best test accuracy over the epochs (what the official scripts report: they keep the epoch with the best test
+accuracy). The difference is the official selection's optimism;
 mean ± sample std over seeds. Runs without per-epoch test accuracies are left out.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from experiments import tuning
+from experiments.cells import emit
 from experiments.records import Record, collect, load_records
 
 
@@ -31,6 +34,13 @@ def per_seed(records: Sequence[Record], fusion: str = "concat") -> dict[str, lis
             continue
         out.setdefault(r.method, {})[r.seed] = (100 * r.metrics["acc_fused"], 100 * max(tests))
     return {m: [(s, *v) for s, v in sorted(seeds.items())] for m, seeds in sorted(out.items())}
+
+
+def chosen_runs(records: Sequence[Record]) -> list[Record]:
+    """After a tuning grid (:mod:`experiments.tuning`): each method's runs at its chosen setting with nothing else
+    changed (not the other candidates, not a deviation's or an ablation's runs); without one: ``records``."""
+    chosen = tuning.select(records)
+    return [r for r in tuning.final_view(records, chosen) if not r.overrides] if chosen else list(records)
 
 
 def _is_ablation(r: Record) -> bool:
@@ -62,14 +72,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="also write selection.md into this folder")
     args = ap.parse_args(argv)
     records = load_records(args.records) if args.records else collect(".")
-    rows = per_seed(records, args.fusion)
+    rows = per_seed(chosen_runs(records), args.fusion)
     if not rows:
         sys.exit("experiments.selection: no run with per-epoch test accuracies (train.log_test_acc: true)")
     text = markdown(rows, args.fusion)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "selection.md").write_text(text)
+    emit(text, args.out, "selection.md")
 
 
 if __name__ == "__main__":

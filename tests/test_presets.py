@@ -44,7 +44,9 @@ def test_each_preset_opens_with_its_command_and_documents_every_key(name):
         assert values[f"features.{key}"] == value, key
     paper = {"train.width": 64, "train.batch_size": 64, "train.lr": 5e-5, "train.optimizer": "adam", "train.epochs": 60,
              "train.warmup_epochs": 10, "train.schedule": "step", "train.step_epochs": 30, "train.step_gamma": 0.1,
-             "train.frame_size": 224, "features.short_side": 224, "train.amp": "bf16", "train.device": "auto"}
+             "train.frame_size": 224, "features.short_side": 224, "train.device": "auto",
+             # the official code's, not the paper's text (silent): fp32, the squashing eval resize, N(1, 0.02) BN init
+             "train.amp": "none", "train.eval_resize": "squash", "train.bn_init": "normal", "train.bn_split": 2}
     assert {k: values[k] for k in paper} == paper
 
 

@@ -54,6 +54,9 @@ class TrainConfig(Config):
     clip_frames: int = setting(2, min=0)
     crop: str = setting("frame", choices=("clip", "frame"))
     crop_scale_min: float = setting(0.08, min=0.0, max=1.0, min_exclusive=True)
+    eval_resize: str = setting("crop", choices=("crop", "squash"))
+    bn_init: str = setting("ones", choices=("ones", "normal"))
+    bn_split: int = setting(1, min=1)
     workers: int = setting(2, min=0)
     device: str = setting("auto", choices=("auto", "cpu", "cuda"))
     decode: str = setting("sample", choices=DECODES)
@@ -93,6 +96,9 @@ class TrainConfig(Config):
         if self.fusion == "centralnet" and self.scoring == "online" and self.unimodal_pred == "dropout":
             raise ConfigError("fusion", "centralnet needs every stage's hidden states for the fused head; "
                               "use scoring: pass or unimodal_pred: heads")
+        if self.bn_split > 1 and issubclass(fusions.registry().get(self.fusion, object), fusions.AVModel):
+            raise ConfigError("bn_split", f"the {self.fusion} fusion runs its encoders stage by stage: bn_split > 1 "
+                              "needs a fusion head on the final features (concat, sum, ...)")
         self._check_orders()
         if (problem := source_problem(self.source)) is not None:
             raise ConfigError("source", problem)

@@ -27,7 +27,8 @@ Frame transforms (torchvision.transforms.v2 functional ops, on the [T, 3, H, W] 
   one draw per frame (the official Data Remixing code). The draws come from a generator seeded by
   (seed, epoch, sample, copy) (:func:`augmentation_generator`): a resumed run, any worker count and any
   rank draw the same crops.
-- eval: resize the short side to S (aspect kept), then center crop S x S: deterministic.
+- eval: resize the short side to S (aspect kept), then center crop S x S (``eval_resize="crop"``), or resize the
+  whole frame to S x S (``"squash"``: the official code's ``Resize((224, 224))``): deterministic.
 
 Frames per clip (``clip_frames``): 0 feeds every stored frame; n > 0 cuts the T stored frames into n
 segments of ``T // n`` and feeds one frame of each: a random one in training (its own seeded stream,
@@ -121,8 +122,14 @@ def choose_frames(stored: int, n: int, generator: torch.Generator | None) -> lis
             for k in range(n)]
 
 
-def eval_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [T, 3, H, W] -> uint8 [T, 3, size, size]: short side to ``size``, then center crop."""
+EVAL_RESIZES = ("crop", "squash")
+
+
+def eval_frames(frames: torch.Tensor, size: int, resize: str = "crop") -> torch.Tensor:
+    """uint8 [T, 3, H, W] -> uint8 [T, 3, size, size]: short side to ``size``, then center crop (``"crop"``), or the
+    whole frame to ``size`` x ``size`` (``"squash"``)."""
+    if resize == "squash":
+        return TF.resize(frames, [size, size], antialias=True)
     return TF.center_crop(TF.resize(frames, [size], antialias=True), [size, size])
 
 
@@ -197,11 +204,13 @@ class ShardDataset(torch.utils.data.Dataset):
         clip_frames: frames fed per clip (0: every stored frame; n: one per segment, module docstring).
         crop: ``"clip"`` (one crop and flip per clip) or ``"frame"`` (one per frame).
         crop_scale_min: smallest area share of the training crop.
+        eval_resize: ``"crop"`` or ``"squash"``: the eval transform (module docstring).
     """
 
     def __init__(self, index: IndexReader, split: str, *, train: bool, frame_size: int,
                  mel_mean: float = 0.0, mel_std: float = 1.0, gpu_decode: bool = False, seed: int = 0,
-                 clip_frames: int = 0, crop: str = "clip", crop_scale_min: float = CROP_SCALE[0]):
+                 clip_frames: int = 0, crop: str = "clip", crop_scale_min: float = CROP_SCALE[0],
+                 eval_resize: str = "crop"):
         if split not in index.splits:
             raise ValueError(f"unknown split {split!r}: the index has {index.splits}")
         if frame_size < 1:
@@ -221,6 +230,9 @@ class ShardDataset(torch.utils.data.Dataset):
         if crop not in ("clip", "frame") or not 0 < crop_scale_min <= 1:
             raise ValueError(f"crop must be clip | frame and 0 < crop_scale_min <= 1, got {crop!r}, {crop_scale_min}")
         self.clip_frames, self.crop, self.crop_scale_min = int(clip_frames), crop, float(crop_scale_min)
+        if eval_resize not in EVAL_RESIZES:
+            raise ValueError(f"eval_resize must be {' | '.join(EVAL_RESIZES)}, got {eval_resize!r}")
+        self.eval_resize = eval_resize
         choose_frames(len(self.frame_members), self.clip_frames, None)  # raises when too few frames are stored
         self.frame_codec = index.frame_codec  # jpeg | raw, from the members' extensions
         if gpu_decode and not torch.cuda.is_available():
@@ -275,7 +287,7 @@ class ShardDataset(torch.utils.data.Dataset):
         """uint8 [T, 3, H, W] -> float32 [T, 3, S, S] with this dataset's (train or eval) transform."""
         frames = (train_frames(frames, self.frame_size, generator, per_frame=self.crop == "frame",
                                scale_min=self.crop_scale_min) if self.train
-                  else eval_frames(frames, self.frame_size))
+                  else eval_frames(frames, self.frame_size, self.eval_resize))
         return normalize_frames(frames)
 
     def augmentation_generator(self, epoch: int, i: int, copy: int = 0) -> torch.Generator:

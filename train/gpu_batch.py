@@ -99,11 +99,12 @@ class BatchDecoder:
     seed: int
     crop: str = "clip"  # clip | frame: one crop per clip or per frame (ShardDataset's)
     crop_scale_min: float = 0.5  # smallest area share of the training crop (ShardDataset's)
+    eval_resize: str = "crop"  # crop | squash: the eval transform (ShardDataset's)
 
     @classmethod
     def of(cls, dataset: ShardDataset) -> BatchDecoder:
         return cls(dataset.frame_codec, dataset.train, dataset.frame_size, dataset.seed, dataset.crop,
-                   dataset.crop_scale_min)
+                   dataset.crop_scale_min, dataset.eval_resize)
 
     def __call__(self, batch: dict, device: str | torch.device) -> dict:
         return decode_batch(batch, self, device)
@@ -129,8 +130,8 @@ def _transform(frames: list[torch.Tensor], batch: dict, decoder: BatchDecoder) -
                                          per_frame=decoder.crop == "frame", scale_min=decoder.crop_scale_min)
                             for f, (epoch, i, copy) in zip(frames, keys)])
     if len({f.shape for f in frames}) == 1:  # one resize call for the whole batch (per image: same result)
-        return eval_frames(torch.cat(frames), size).view(len(frames), -1, 3, size, size)
-    return torch.stack([eval_frames(f, size) for f in frames])
+        return eval_frames(torch.cat(frames), size, decoder.eval_resize).view(len(frames), -1, 3, size, size)
+    return torch.stack([eval_frames(f, size, decoder.eval_resize) for f in frames])
 
 
 def decode_batch(batch: dict, decoder: BatchDecoder, device: str | torch.device) -> dict:

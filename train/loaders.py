@@ -32,7 +32,7 @@ def dataset(index: IndexReader, split: str, decode: str, **kwargs) -> ShardDatas
 def frame_settings(cfg) -> dict:
     """The dataset keyword arguments of the ``train`` settings that shape the frames (a TrainConfig)."""
     return dict(frame_size=cfg.frame_size, clip_frames=cfg.clip_frames, crop=cfg.crop,
-                crop_scale_min=cfg.crop_scale_min)
+                crop_scale_min=cfg.crop_scale_min, eval_resize=cfg.eval_resize)
 
 
 def loader(ds: ShardDataset, batch_sampler, *, workers: int, device: torch.device) -> Iterable[dict]:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 __all__ = [
-    "init_like_resnet", "ResNetTrunk", "AudioEncoder", "VisualEncoder", "ENCODERS",
+    "init_like_resnet", "init_norm_weights", "BN_INITS", "ResNetTrunk", "AudioEncoder", "VisualEncoder", "ENCODERS",
     "ModelOutput", "AVModel", "MASK_MODES",
 ]
 
@@ -39,6 +39,22 @@ def init_like_resnet(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.constant_(m.weight, 1)
             nn.init.constant_(m.bias, 0)
+
+
+BN_INITS = ("ones", "normal")
+
+
+def init_norm_weights(module: nn.Module, mode: str) -> nn.Module:
+    """``module`` as built (``"ones"``: every BatchNorm2d weight 1, torchvision's; draws nothing), or with the weight
+    of every BatchNorm2d inside drawn from N(1, 0.02) (``"normal"``: the official Data Remixing backbone's
+    initialisation) from torch's global generator, in module order."""
+    if mode not in BN_INITS:
+        raise ValueError(f"bn_init must be {' | '.join(BN_INITS)}, got {mode!r}")
+    if mode == "normal":
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, mean=1.0, std=0.02)
+    return module
 
 
 class ResNetTrunk(nn.Module):
@@ -149,6 +165,7 @@ class AVModel(nn.Module):
     """
 
     late_fusion = True  # the fused logits are self.fusion(final features): nothing mixes the modalities before
+    bn_slices = 1  # training batches are encoded in this many chunks for BatchNorm (train.bn_split; _sliced)
 
     def __init__(self, encoders: dict[str, nn.Module], feature_dim: int, num_classes: int,
                  fusion: Callable[[list[str], int, int], nn.Module] | nn.Module):
@@ -206,10 +223,27 @@ class AVModel(nn.Module):
         return keep, batch
 
     def _encode(self, name: str, x: Tensor) -> Tensor:
-        feat = self.encoders[name](x)
+        encoder = self.encoders[name]
+        feat = self._sliced(encoder, x) if self.training and self.bn_slices > 1 else encoder(x)
         if feat.dim() != 2 or feat.shape[1] != self.feature_dim:
             raise ValueError(f"encoder {name!r} returned {tuple(feat.shape)}, expected [B, {self.feature_dim}]")
         return feat  # [B, D]
+
+    def _sliced(self, encoder: nn.Module, x: Tensor) -> Tensor:
+        """``encoder`` on ``x`` in ``bn_slices`` chunks (``Tensor.chunk``, as nn.DataParallel scatters a batch over
+        its devices): each BatchNorm normalises a chunk with that chunk's statistics, and only the first chunk's
+        statistics move the running ones (DataParallel keeps the first replica's buffers)."""
+        parts = x.chunk(self.bn_slices)
+        norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        out = [encoder(parts[0])]
+        try:
+            for m in norms:
+                m.track_running_stats = False  # in train mode: batch statistics, running buffers left as they are
+            out += [encoder(p) for p in parts[1:]]
+        finally:
+            for m in norms:
+                m.track_running_stats = True
+        return torch.cat(out)
 
     def _zeros(self, batch: int, device: torch.device) -> Tensor:
         w = self.heads[self.modalities[0]].weight

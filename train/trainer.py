@@ -38,6 +38,7 @@ from train.inference import accuracies, autocast, imbalance_ratio, pick_device, 
 from train.optim import build_optimizer
 from train.methods import Context, EpochPlan, Method, build_method, check_method_name
 from train.fusions import build_model
+from train.models import init_norm_weights
 from train.sampler import RemixBatchSampler
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,9 @@ def _setup(index_path, out_dir: Path, work_dir: Path, name: str, cfg: TrainConfi
     loader = loaders.loader(ds["train"], sampler, workers=cfg.workers, device=device)
     num_classes = len(index.class_names)
     method = build_method(name, cfg, list(cfg.modalities), num_classes, cfg.method_params)
-    model = method.prepare_model(build_model(list(cfg.modalities), num_classes, cfg.width, cfg.fusion)).to(device)
+    model = build_model(list(cfg.modalities), num_classes, cfg.width, cfg.fusion)
+    model.bn_slices = cfg.bn_split
+    model = method.prepare_model(init_norm_weights(model, cfg.bn_init)).to(device)
     opt, sched, progress = build_optimizer(cfg, model, method.expands, len(ds["train"]))
     ctx = Context(config=cfg, modalities=list(cfg.modalities), num_classes=num_classes, device=device, model=model,
                   n_train=len(ds["train"]), train_labels=ds["train"].labels(),

@@ -107,6 +107,10 @@ def test_model_of_another_feature_set_is_refused_by_evaluate(features, tmp_path)
     ({"warmup_epochs": 20}, r"train.warmup_epochs: must be <= epochs \(16\), got 20"),
     ({"method_params": {"pmr": {"momentum": 1}}}, r"train.method_params.pmr.momentum: must be < 1, got 1"),
     ({"method_params": {"pmrr": {}}}, r"train.method_params: unknown method\(s\) \['pmrr'\]"),
+    ({"eval_resize": "stretch"}, r"train.eval_resize: must be one of crop \| squash, got 'stretch'"),
+    ({"bn_init": "zeros"}, r"train.bn_init: must be one of ones \| normal, got 'zeros'"),
+    ({"bn_split": 0}, "train.bn_split: must be >= 1, got 0"),
+    ({"bn_split": 2, "fusion": "mmtm"}, "train.bn_split: the mmtm fusion runs its encoders stage by stage"),
 ])
 def test_bad_train_params(params, message):
     with pytest.raises(ValueError, match=message):

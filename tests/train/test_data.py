@@ -92,6 +92,22 @@ def test_eval_items_are_deterministic_and_match_a_reference_transform(index):
         assert diff.mean() < 0.05, (member, diff.mean())  # decoders differ by rounding only
 
 
+def test_eval_squash_resizes_the_whole_frame_like_the_official_resize(index):
+    ds = ShardDataset(index, "val", train=False, frame_size=SIZE, eval_resize="squash")
+    crop = ShardDataset(index, "val", train=False, frame_size=SIZE)
+    # reference: the official eval transform, Resize((S, S)) of the whole frame (aspect lost), ToTensor, Normalize
+    ref = v2.Compose([v2.PILToTensor(), v2.Resize((SIZE, SIZE), antialias=True),
+                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(D.IMAGENET_MEAN, D.IMAGENET_STD)])
+    row = int(ds.rows[0])
+    img = Image.open(io.BytesIO(index.read_member(row, ds.frame_members[0]))).convert("RGB")
+    assert img.width != img.height  # a non-square frame, so crop and squash must differ
+    got = ds[0]["frames"][0]
+    assert (ref(img) - got).abs().mean() < 0.05
+    assert (crop[0]["frames"][0] - got).abs().mean() > 0.05
+    with pytest.raises(ValueError, match="eval_resize"):
+        ShardDataset(index, "val", train=False, frame_size=SIZE, eval_resize="stretch")
+
+
 def test_train_items_are_random_but_a_function_of_seed_epoch_and_sample(index):
     ds = ShardDataset(index, "train", train=True, frame_size=SIZE, seed=3)
     a = ds[(2, -1, 5)]["frames"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from train.fusions import build_model
-from train.models import AudioEncoder, AVModel, VisualEncoder
+from train.models import AudioEncoder, AVModel, VisualEncoder, init_norm_weights
 
 W = 4  # base width -> D = 32
 D = 8 * W
@@ -143,3 +143,40 @@ def test_bad_arguments():
         build_model(["audio", "smell"], num_classes=C, width=W, fusion="concat")
     with pytest.raises(TypeError, match="train.fusions.build_model"):  # a fusion name is build_model's argument
         AVModel({"audio": AudioEncoder(W)}, feature_dim=D, num_classes=C, fusion="concat")
+
+
+def test_bn_init_normal_draws_every_batchnorm_weight_around_one_and_ones_draws_nothing():
+    torch.manual_seed(0)
+    model = build_model(["audio", "video"], num_classes=C, width=W, fusion="concat")
+    weights = lambda m: torch.cat([b.weight.detach().flatten() for b in m.modules()  # noqa: E731
+                                   if isinstance(b, torch.nn.BatchNorm2d)])
+    assert torch.equal(weights(model), torch.ones_like(weights(model)))  # torchvision's init
+    state = torch.get_rng_state()
+    assert init_norm_weights(model, "ones") is model
+    assert torch.equal(state, torch.get_rng_state()) and torch.equal(weights(model), torch.ones_like(weights(model)))
+    w = weights(init_norm_weights(model, "normal"))
+    assert w.numel() > 100 and abs(w.mean().item() - 1) < 0.01 and 0.01 < w.std().item() < 0.03
+    with pytest.raises(ValueError, match="bn_init"):
+        init_norm_weights(model, "zeros")
+
+
+def test_bn_split_normalises_each_chunk_apart_and_keeps_the_first_chunks_statistics_like_data_parallel():
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model(["audio", "video"], num_classes=C, width=W, fusion="concat").train()
+    replica = copy.deepcopy(model.encoders["audio"])  # the reference: nn.DataParallel over 2 devices, by hand
+    x = torch.randn(5, 1, 16, 24)
+    first, second = x.chunk(2)  # 3 + 2 samples, as DataParallel scatters 5 over 2 devices
+    expected = torch.cat([replica(first), copy.deepcopy(replica)(second)])  # the second replica's stats are dropped
+    model.bn_slices = 2
+    out = model({"audio": x, "video": torch.randn(5, 3, 3, 32, 32)})
+    torch.testing.assert_close(out.features["audio"], expected, rtol=0, atol=1e-6)
+    for (name, a), (_, b) in zip(model.encoders["audio"].named_buffers(), replica.named_buffers()):
+        assert torch.equal(a, b), name  # running statistics and num_batches_tracked: the first chunk's only
+    model.bn_slices = 1
+    whole = model.encoders["audio"](x)
+    assert (whole - out.features["audio"]).abs().max() > 1e-3  # whole-batch statistics differ
+    model.eval().bn_slices = 2
+    torch.testing.assert_close(model({"audio": x, "video": torch.randn(5, 3, 3, 32, 32)}).features["audio"],
+                               model.encoders["audio"](x))  # eval: running statistics, no chunks
