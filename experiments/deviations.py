@@ -77,7 +77,7 @@ def markdown(final: Sequence[Record], chosen: dict[str, tuning.Choice], names: S
     table = markdown_table(["method", "official value (the rest as avremix)", "seeds", "avremix default",
                             "official value", "official − avremix"], rows(final, chosen, names))
     picked = selection.per_seed([r for r in final if not r.overrides])  # the chosen settings' plain runs
-    return head + table + "\n" + (selection.markdown(picked, "concat") if picked else "")
+    return head + table + "\n\n" + (selection.markdown(picked, "concat") if picked else "")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
