@@ -3,12 +3,14 @@
 Usage (in the repository root, the venv active, after ``experiments.tuning`` and ``experiments.tables``)::
 
     python -m experiments.deviations [--records experiments/results/records.json] [--seeds 0 1 2]
-                                     [--methods baseline remix] [--jobs 1] [--dry-run] [--out experiments/results]
+                                     [--methods baseline remix] [--deviations NAME ...] [--jobs 1] [--dry-run]
+                                     [--out experiments/results] [--saved experiments/results/deviation_records.json]
 
 Each method runs at the setting :mod:`experiments.tuning` chose for it (read from ``--records``, the tuned grid's
 saved runs) with one official value of :data:`DEVIATIONS` set, at every seed of ``--seeds``, as DVC experiments of
 HEAD (a rerun skips the finished ones). The avremix arm is the tuned grid's run of the same method, setting and
-seed. Per method and deviation: test accuracy (%) of both arms, mean ± sample std over seeds, and the paired
+seed. The official arms' runs are kept in ``--saved`` (read, then rewritten with HEAD's new ones), so arms run at
+earlier commits stay in the table. Per method and deviation: test accuracy (%) of both arms, mean ± sample std over seeds, and the paired
 difference official − avremix (:func:`experiments.stats.paired`: per-seed mean ± std, then the 95 % bootstrap
 interval over test clips; ``*``: it excludes 0). The checkpoint-selection deviation (the official scripts keep the
 epoch with the best test accuracy) is :mod:`experiments.selection`'s table over the same grid runs, appended.
@@ -23,19 +25,22 @@ from typing import Sequence
 
 from experiments import grid, selection, stats, tuning
 from experiments.cells import DASH, acc, emit, fmt, latest_per_seed, markdown_table, stat
-from experiments.records import Record, collect, load_records
+from experiments.records import Record, collect, load_records, save_records
 from experiments.tables import paired_gain
 
-DEVIATIONS = {  # name -> (the official value as a `-S` assignment, what the official code does)
-    "eval_resize": ("train.eval_resize=squash", "eval frames squashed to a square, not centre-cropped"),
-    "bn_init": ("train.bn_init=normal", "BatchNorm weights drawn from N(1, 0.02), not set to 1"),
-    "bn_split": ("train.bn_split=2", "BatchNorm over two half-batches (DataParallel on 2 GPUs), first half's stats kept"),
+DEVIATIONS = {  # name -> (key, the official value, what the official code does)
+    "eval_resize": ("train.eval_resize", "squash", "eval frames squashed to a square, not centre-cropped"),
+    "bn_init": ("train.bn_init", "normal", "BatchNorm weights drawn from N(1, 0.02), not set to 1"),
+    "bn_split": ("train.bn_split", 2, "BatchNorm over two half-batches (DataParallel on 2 GPUs), first half's stats kept"),
+    "spectrogram": ("features.spectrogram", "linear", "audio as the 257-bin log STFT magnitude, not the 64-bin log-mel"),
+    "frame_times": ("features.frame_times", "seconds", "frames at 0, 1, 2 s (1 fps), not the centres of 3 segments"),
 }
+SAVED = Path("experiments/results/deviation_records.json")  # the official arms' runs, kept across commits
 
 
-def official_sets(name: str) -> dict[str, str]:
-    """{key: value as written} of deviation ``name``'s official value."""
-    key, _, value = DEVIATIONS[name][0].partition("=")
+def official(name: str) -> dict:
+    """{key: official value} of deviation ``name``."""
+    key, value, _ = DEVIATIONS[name]
     return {key: value}
 
 
@@ -43,17 +48,14 @@ def specs(chosen: dict[str, tuning.Choice], names: Sequence[str], seeds: Sequenc
     """The official arms: each chosen method at its setting with one deviation's official value, at ``seeds``."""
     return [s for c in chosen.values() for n in names
             for s in grid.build_specs([c.method], [c.fusion], seeds,
-                                      [*tuning.DATA, *tuning.as_sets(c.setting), DEVIATIONS[n][0]])]
+                                      [*tuning.DATA, *tuning.as_sets([*c.setting, *official(n).items()])])]
 
 
 def arm(records: Sequence[Record], choice: tuning.Choice, overrides: dict) -> list[Record]:
     """The runs of ``choice``'s method and fusion whose remaining overrides (``tuning.final_view``'s) are exactly
-    ``overrides`` (values compared as YAML reads them), newest per seed."""
-    import yaml
-
-    want = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in overrides.items()}
+    ``overrides``, newest per seed."""
     return latest_per_seed(r for r in records if r.method == choice.method and r.fusion == choice.fusion
-                           and r.overrides == want)
+                           and r.overrides == overrides)
 
 
 def rows(final: Sequence[Record], chosen: dict[str, tuning.Choice], names: Sequence[str]) -> list[list[str]]:
@@ -61,9 +63,10 @@ def rows(final: Sequence[Record], chosen: dict[str, tuning.Choice], names: Seque
     for c in chosen.values():
         ours = arm(final, c, {})
         for n in names:
-            theirs = arm(final, c, official_sets(n))
+            theirs = arm(final, c, official(n))
             diff = paired_gain(theirs, ours)
-            out.append([c.method, f"`{DEVIATIONS[n][0]}`: {DEVIATIONS[n][1]}", str(diff.n if diff else 0),
+            key, value, what = DEVIATIONS[n]
+            out.append([c.method, f"`{key}={value}`: {what}", str(diff.n if diff else 0),
                         fmt(stat(ours, acc("acc_fused")), 100), fmt(stat(theirs, acc("acc_fused")), 100),
                         stats.fmt_diff(diff) if diff else DASH])
     return out
@@ -91,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--poll", type=float, default=10.0, help="seconds between `dvc queue status` polls")
     ap.add_argument("--dry-run", action="store_true", help="print the dvc commands, run nothing")
     ap.add_argument("--out", type=Path, help="also write deviations.md into this folder")
+    ap.add_argument("--saved", type=Path, default=SAVED, help="the official arms' runs of earlier commits: read, "
+                    "then rewritten with this commit's added (HEAD's experiments are all `dvc exp show` sees)")
     args = ap.parse_args(argv)
     if not args.records.is_file():
         sys.exit(f"experiments.deviations: no saved records at {args.records}: run experiments.tuning, then "
@@ -108,8 +113,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         new = collect(".")
     except (grid.GridError, ValueError, OSError) as e:
         sys.exit(f"experiments.deviations: {e}")
-    seen = {(r.name, r.rev) for r in saved}
-    final = tuning.final_view([*saved, *(r for r in new if (r.name, r.rev) not in seen)], chosen)
+    earlier = load_records(args.saved) if args.saved.is_file() else []
+    seen = {(r.name, r.rev) for r in [*saved, *earlier]}
+    arms = [*earlier, *(r for r in new if (r.name, r.rev) not in seen)]
+    save_records(arms, args.saved)
+    final = tuning.final_view([*saved, *arms], chosen)
     text = markdown(final, chosen, args.deviations)
     emit(text, args.out, "deviations.md")
 

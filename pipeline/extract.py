@@ -132,13 +132,13 @@ def process_clip(rec: ClipRecord, cfg: F.FeatureConfig, num_classes: int) -> Cli
         return Reject(rec.clip_id, rec.split, rec.audio, f"audio is silent (peak below {SILENCE_PEAK})")
     audio_s = wave.size / cfg.sample_rate
     try:
-        frames, info = decode_frames(rec.video, cfg.num_frames)  # [T, H, W, 3]
+        frames, info = decode_frames(rec.video, cfg.num_frames, cfg.frame_times)  # [T, H, W, 3]
     except (MediaError, OSError) as e:
         return Reject(rec.clip_id, rec.split, rec.video, str(e))
     if info.duration_s < MIN_VIDEO_AUDIO_RATIO * audio_s:
         return Reject(rec.clip_id, rec.split, rec.video,
                       f"video truncated: {info.duration_s:.2f} s of video for {audio_s:.2f} s of audio")
-    mel = F.log_mel(F.fit_duration(wave, cfg.num_samples), cfg)  # [F, L] float16
+    mel = F.spectrogram(F.fit_duration(wave, cfg.num_samples), cfg)  # [F, L] float16
     meta = {
         "clip_id": rec.clip_id, "class_name": rec.class_name, "label": rec.label, "split": rec.split,
         "group": rec.group, "video": rec.video, "audio": rec.audio,
@@ -275,7 +275,7 @@ def extract(
     _clean_temporary(out_dir, own, single=n == 1)
     items = [rec for p in plans for rec in p.records]
     fn = functools.partial(process_clip, cfg=config, num_classes=len(class_names))
-    F.log_mel(np.zeros(config.num_samples, np.float32), config)  # import torch(audio) once, before forking
+    F.spectrogram(np.zeros(config.num_samples, np.float32), config)  # import torch(audio) once, before forking
     rows, shards, rejects, writers = [], [], [], []
     start = time.perf_counter()
     results = _map(fn, items, workers)

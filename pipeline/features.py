@@ -1,6 +1,7 @@
-"""Feature settings and the per-clip feature computation (frames -> JPEG or raw uint8, audio -> log-mel).
+"""Feature settings and the per-clip feature computation (frames -> JPEG or raw uint8, audio -> a log spectrogram:
+log-mel, or the official code's log-magnitude linear STFT).
 
-Shapes: T frames, H/W pixels, S audio samples, F mel bins, L mel frames.
+Shapes: T frames, H/W pixels, S audio samples, F frequency bins (mel bins, or n_fft / 2 + 1), L STFT frames.
 
 A frame member's extension says how it is encoded (:data:`pipeline.shards.FRAME_EXTENSIONS`): ``frame<i>.jpg`` is a JPEG,
 ``frame<i>.npy`` a raw uint8 [H, W, 3] array in .npy format, so a shard set describes itself.
@@ -14,8 +15,11 @@ import math
 
 import numpy as np
 
+from pipeline.media import FRAME_TIMES
 from pipeline.params import Config, ConfigError, setting
 from pipeline.shards import FRAME_EXTENSIONS
+
+SPECTROGRAMS = ("mel", "linear")  # log-mel power (n_mels bins) | log STFT magnitude (n_fft / 2 + 1 bins)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,8 @@ class FeatureConfig(Config):
     f_min: float = setting(0.0, min=0.0)
     f_max: float = setting(8000.0, min=0.0, min_exclusive=True)
     frame_codec: str = setting("jpeg", choices=tuple(FRAME_EXTENSIONS))
+    spectrogram: str = setting("mel", choices=SPECTROGRAMS)
+    frame_times: str = setting("centres", choices=FRAME_TIMES)
 
     def check(self) -> None:
         if self.hop_length > self.n_fft:
@@ -52,8 +58,10 @@ class FeatureConfig(Config):
 
     @property
     def mel_shape(self) -> tuple[int, int]:
-        """(F, L) of the stored log-mel (centred STFT frames)."""
-        return self.n_mels, 1 + self.num_samples // self.hop_length
+        """(F, L) of the stored spectrogram (member ``mel.npy`` whichever :data:`SPECTROGRAMS` it is; centred STFT
+        frames)."""
+        bins = self.n_mels if self.spectrogram == "mel" else self.n_fft // 2 + 1
+        return bins, 1 + self.num_samples // self.hop_length
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -86,10 +94,11 @@ class ExtractConfig(FeatureConfig):
 
 # Conventions of the field, as FeatureConfig presets (documented in the README).
 PRESETS: dict[str, FeatureConfig] = {
-    # CREMA-D as in OGM-GE / PMR / Data Remixing: 3 frames (1 fps), 3 s of audio tiled;
-    # they use a 257-bin linear STFT at 22.05 kHz with hop 353 (188 frames); this is its log-mel twin.
+    # CREMA-D as in OGM-GE / PMR / Data Remixing: frames at 0, 1, 2 s (their 1 fps extraction), 3 s of audio tiled,
+    # the 257-bin log-magnitude linear STFT at 22.05 kHz with hop 353 (188 frames); n_mels unused.
     "cremad": FeatureConfig(num_frames=3, short_side=224, jpeg_quality=90, sample_rate=22050, duration=3.0,
-                            n_fft=512, hop_length=353, n_mels=128, f_min=0.0, f_max=11025.0),
+                            n_fft=512, hop_length=353, n_mels=128, f_min=0.0, f_max=11025.0,
+                            spectrogram="linear", frame_times="seconds"),
     # Kinetics-Sounds: 10 s clips, AudioSet-style 128-bin fbank (25 ms window, 10 ms hop at 16 kHz).
     "kinetics_sounds": FeatureConfig(num_frames=3, short_side=224, jpeg_quality=90, sample_rate=16000,
                                      duration=10.0, n_fft=400, hop_length=160, n_mels=128, f_min=0.0,
@@ -142,6 +151,34 @@ def log_mel(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     with torch.inference_mode():
         mel = _mel_transform(cfg)(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))  # [F, L]
         return torch.log(mel + LOG_EPS).numpy().astype(np.float16)
+
+
+LINEAR_EPS = 1e-7  # added to the STFT magnitude before the natural log (OGM-GE's CREMA-D preprocessing)
+
+
+@functools.lru_cache(maxsize=4)
+def _window(n_fft: int):
+    import torch
+
+    return torch.hann_window(n_fft)
+
+
+def log_linear(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """[S] float32 waveform (fitted to cfg.num_samples) -> [n_fft / 2 + 1, L] float16 log STFT magnitude: the
+    official code's audio input, ``log(|STFT| + 1e-7)`` with a Hann window and centred, reflect-padded frames
+    (librosa.stft's defaults before 0.10), the waveform clipped to [-1, 1] first as OGM-GE's preprocessing does."""
+    import torch
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.clip(np.ascontiguousarray(wave, dtype=np.float32), -1.0, 1.0))
+        spec = torch.stft(x, cfg.n_fft, cfg.hop_length, window=_window(cfg.n_fft), center=True,
+                          pad_mode="reflect", return_complex=True).abs()  # [F, L]
+        return torch.log(spec + LINEAR_EPS).numpy().astype(np.float16)
+
+
+def spectrogram(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """[S] -> the stored [F, L] float16 spectrogram of ``cfg.spectrogram`` (:data:`SPECTROGRAMS`)."""
+    return log_mel(wave, cfg) if cfg.spectrogram == "mel" else log_linear(wave, cfg)
 
 
 def encode_npy(array: np.ndarray) -> bytes:

@@ -72,18 +72,26 @@ def check_file(path: str, what: str) -> None:
         raise MediaError(f"{what} file is empty (0 bytes)")
 
 
-def frame_indices(info: VideoInfo, num_frames: int) -> list[int]:
-    """Indices of ``num_frames`` frames at evenly spaced times: the centres of equal segments.
+FRAME_TIMES = ("centres", "seconds")  # which frames extraction keeps: see frame_indices
 
-    For a 3 s clip and 3 frames that is 0.5 s, 1.5 s and 2.5 s, the field's one frame per
-    second.
+
+def frame_indices(info: VideoInfo, num_frames: int, times: str = "centres") -> list[int]:
+    """Indices of the ``num_frames`` frames kept of a clip.
+
+    ``centres``: evenly spaced times, the centres of equal segments; for a 3 s clip and 3 frames that is 0.5 s,
+    1.5 s and 2.5 s. ``seconds``: the frames nearest 0 s, 1 s, 2 s, ... (what ``ffmpeg -r 1`` keeps, the field's
+    1 fps extraction that the official code reads), the last frame repeated for a clip shorter than that.
     """
-    times = [(i + 0.5) * info.duration_s / num_frames for i in range(num_frames)]
-    return [min(int(t * info.fps), info.num_frames - 1) for t in times]
+    if times == "seconds":
+        return [min(round(i * info.fps), info.num_frames - 1) for i in range(num_frames)]
+    if times != "centres":
+        raise ValueError(f"times: one of {FRAME_TIMES}, got {times!r}")
+    centres = [(i + 0.5) * info.duration_s / num_frames for i in range(num_frames)]
+    return [min(int(t * info.fps), info.num_frames - 1) for t in centres]
 
 
-def decode_frames(path: str, num_frames: int) -> tuple[np.ndarray, VideoInfo]:
-    """Decode ``num_frames`` evenly spaced RGB frames of a video with decord.
+def decode_frames(path: str, num_frames: int, times: str = "centres") -> tuple[np.ndarray, VideoInfo]:
+    """Decode ``num_frames`` RGB frames of a video with decord, at the times of :func:`frame_indices`.
 
     Returns (frames [T, H, W, 3] uint8, info). Raises MediaError for a missing,
     unreadable, corrupt or too short video.
@@ -99,7 +107,7 @@ def decode_frames(path: str, num_frames: int) -> tuple[np.ndarray, VideoInfo]:
             raise MediaError(
                 f"video has {info.num_frames} decodable frame(s), fewer than num_frames={num_frames} (truncated?)"
             )
-        frames = vr.get_batch(frame_indices(info, num_frames)).asnumpy()  # [T, H, W, 3]
+        frames = vr.get_batch(frame_indices(info, num_frames, times)).asnumpy()  # [T, H, W, 3]
     except MediaError:
         raise
     except (RuntimeError, OSError, IndexError, AssertionError, decord.DECORDError) as e:  # corrupt input: RuntimeError

@@ -47,4 +47,23 @@ def test_specs_run_each_chosen_method_at_its_setting_with_one_official_value():
     for s in specs:
         assert s.method == "baseline" and s.fusion == "concat"
         assert set(tuning.DATA) <= set(s.sets) and "train.lr=0.001" in s.sets
-        assert sum(x in s.sets for x in ("train.eval_resize=squash", "train.bn_init=normal")) == 1
+        assert sum(x in s.sets for x in ('train.eval_resize="squash"', 'train.bn_init="normal"')) == 1
+
+
+def test_main_keeps_earlier_commits_arms_in_the_saved_file(tmp_path, monkeypatch):
+    """An arm run at an earlier commit (not among HEAD's experiments) stays in the table and in --saved."""
+    from experiments import grid
+    from experiments.records import load_records, save_records
+
+    grid_runs = [record(0, 0.60, right="1100"), record(1, 0.70, right="1110")]
+    old = [record(0, 0.50, right="1000", **{"train.eval_resize": "squash"})]
+    new = [record(1, 0.70, right="1110", **{"train.eval_resize": "squash"})]
+    save_records(grid_runs, tmp_path / "records.json")
+    save_records(old, tmp_path / "saved.json")
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: [])  # every arm already run
+    monkeypatch.setattr(deviations, "collect", lambda cwd: new)  # HEAD's experiments
+    deviations.main(["--records", str(tmp_path / "records.json"), "--saved", str(tmp_path / "saved.json"),
+                     "--methods", "baseline", "--deviations", "eval_resize", "--out", str(tmp_path)])
+    assert sorted(r.seed for r in load_records(tmp_path / "saved.json")) == [0, 1]
+    text = (tmp_path / "deviations.md").read_text()
+    assert "| baseline | `train.eval_resize=squash`" in text and "| 2 | 65.00 ± 7.07 (n=2) | 60.00 ± 14.14 (n=2) |" in text

@@ -94,6 +94,30 @@ def test_extract_reads_back(dataset, fixture, request, tmp_path):
     assert json.loads((tmp_path / "features" / "stats.json").read_text())["samples"] == stats["samples"]
 
 
+def test_the_official_input_features_are_stored(cremad_raw, tmp_path):
+    """spectrogram linear + frame_times seconds: mel.npy holds the n_fft / 2 + 1-bin log STFT magnitude of the clip's
+    audio, the frames are those at 0 s and 1 s."""
+    from pipeline.features import fit_duration, log_linear
+    from pipeline.media import decode_audio, decode_frames
+
+    cfg = dataclasses.replace(CFG, spectrogram="linear", frame_times="seconds")
+    manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
+    run(manifest, classes, tmp_path / "f", config=cfg)
+    index = IndexReader(tmp_path / "f" / "index.h5")
+    assert index.feature_params["spectrogram"] == "linear" and index.feature_params["frame_times"] == "seconds"
+    rec = {r.clip_id: r for r in read_manifest(manifest)}
+    samples = samples_by_key(tmp_path / "f")
+    for key in index.keys[:3]:
+        meta = json.loads(samples[key]["json"])
+        spec = np.load(io.BytesIO(samples[key]["mel.npy"]))
+        assert spec.shape == cfg.mel_shape == (129, 1 + cfg.num_samples // 128)
+        wave_ = fit_duration(decode_audio(rec[meta["clip_id"]].audio, cfg.sample_rate), cfg.num_samples)
+        assert np.array_equal(spec, log_linear(wave_, cfg))
+        frames, info = decode_frames(meta["video"], cfg.num_frames, "seconds")
+        assert [samples[key][f"frame{i}.jpg"] for i in range(2)] == [cfg.encode_frame(f) for f in frames]
+        assert info.fps > 1  # so the second frame (1 s) is not the first
+
+
 def test_plain_webdataset_decode(cremad_raw, tmp_path):
     """`webdataset.WebDataset(url).decode()` with no handlers gives arrays, ints and dicts."""
     manifest, classes = prepare(cremad_raw, "cremad", tmp_path)
