@@ -44,11 +44,17 @@ def official(name: str) -> dict:
     return {key: value}
 
 
-def specs(chosen: dict[str, tuning.Choice], names: Sequence[str], seeds: Sequence[int]) -> list[grid.Spec]:
-    """The official arms: each chosen method at its setting with one deviation's official value, at ``seeds``."""
-    return [s for c in chosen.values() for n in names
-            for s in grid.build_specs([c.method], [c.fusion], seeds,
-                                      [*tuning.DATA, *tuning.as_sets([*c.setting, *official(n).items()])])]
+def specs(chosen: dict[str, tuning.Choice], names: Sequence[str], seeds: Sequence[int],
+          done: Sequence[Record] = ()) -> list[grid.Spec]:
+    """The official arms: each chosen method at its setting with one deviation's official value, at each seed of
+    ``seeds`` that ``done`` (``tuning.final_view`` records, e.g. the saved arms of earlier commits) lacks."""
+    out = []
+    for c in chosen.values():
+        for n in names:
+            ran = {r.seed for r in arm(done, c, official(n))}
+            out += grid.build_specs([c.method], [c.fusion], [s for s in seeds if s not in ran],
+                                    [*tuning.DATA, *tuning.as_sets([*c.setting, *official(n).items()])])
+    return out
 
 
 def arm(records: Sequence[Record], choice: tuning.Choice, overrides: dict) -> list[Record]:
@@ -105,15 +111,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     missing = sorted(set(args.methods) - set(chosen))
     if missing:
         sys.exit(f"experiments.deviations: no tuning run of {missing} in {args.records}")
+    earlier = load_records(args.saved) if args.saved.is_file() else []
+    todo = specs(chosen, args.deviations, args.seeds, tuning.final_view(earlier, chosen))
     try:
-        grid.run_grid(specs(chosen, args.deviations, args.seeds), jobs=args.jobs, interval=args.poll,
-                      skip_existing=True, dry_run=args.dry_run)
+        grid.run_grid(todo, jobs=args.jobs, interval=args.poll, skip_existing=True, dry_run=args.dry_run)
         if args.dry_run:
             return
         new = collect(".")
     except (grid.GridError, ValueError, OSError) as e:
         sys.exit(f"experiments.deviations: {e}")
-    earlier = load_records(args.saved) if args.saved.is_file() else []
     seen = {(r.name, r.rev) for r in [*saved, *earlier]}
     arms = [*earlier, *(r for r in new if (r.name, r.rev) not in seen)]
     save_records(arms, args.saved)

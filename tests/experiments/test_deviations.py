@@ -50,6 +50,13 @@ def test_specs_run_each_chosen_method_at_its_setting_with_one_official_value():
         assert sum(x in s.sets for x in ('train.eval_resize="squash"', 'train.bn_init="normal"')) == 1
 
 
+def test_specs_skip_the_seeds_an_earlier_commit_ran():
+    runs = [record(0, 0.6), record(1, 0.5, **{"train.eval_resize": "squash"})]
+    chosen = tuning.select(runs, methods=["baseline"])
+    specs = deviations.specs(chosen, ["eval_resize", "bn_init"], [0, 1], tuning.final_view(runs, chosen))
+    assert sorted((s.seed, "eval_resize" in " ".join(s.sets)) for s in specs) == [(0, False), (0, True), (1, False)]
+
+
 def test_main_keeps_earlier_commits_arms_in_the_saved_file(tmp_path, monkeypatch):
     """An arm run at an earlier commit (not among HEAD's experiments) stays in the table and in --saved."""
     from experiments import grid
