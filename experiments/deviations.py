@@ -28,20 +28,21 @@ from experiments.cells import DASH, acc, emit, fmt, latest_per_seed, markdown_ta
 from experiments.records import Record, collect, load_records, save_records
 from experiments.tables import paired_gain
 
-DEVIATIONS = {  # name -> (key, the official value, what the official code does)
-    "eval_resize": ("train.eval_resize", "squash", "eval frames squashed to a square, not centre-cropped"),
-    "bn_init": ("train.bn_init", "normal", "BatchNorm weights drawn from N(1, 0.02), not set to 1"),
-    "bn_split": ("train.bn_split", 2, "BatchNorm over two half-batches (DataParallel on 2 GPUs), first half's stats kept"),
-    "spectrogram": ("features.spectrogram", "linear", "audio as the 257-bin log STFT magnitude, not the 64-bin log-mel"),
-    "frame_times": ("features.frame_times", "seconds", "frames at 0, 1, 2 s (1 fps), not the centres of 3 segments"),
+DEVIATIONS = {  # name -> ({key: the official value}, what the official code does)
+    "eval_resize": ({"train.eval_resize": "squash"}, "eval frames squashed to a square, not centre-cropped"),
+    "bn_init": ({"train.bn_init": "normal"}, "BatchNorm weights drawn from N(1, 0.02), not set to 1"),
+    "bn_split": ({"train.bn_split": 2}, "BatchNorm over two half-batches (DataParallel on 2 GPUs), first half's stats kept"),
+    "spectrogram": ({"features.spectrogram": "linear"}, "audio as the 257-bin log STFT magnitude, not the 64-bin log-mel"),
+    "frame_times": ({"features.frame_times": "seconds"}, "frames at 0, 1, 2 s (1 fps), not the centres of 3 segments"),
 }
+DEVIATIONS["all"] = ({k: v for d, _ in DEVIATIONS.values() for k, v in d.items()},
+                     "every official value above at once, as the presets set them")
 SAVED = Path("experiments/results/deviation_records.json")  # the official arms' runs, kept across commits
 
 
 def official(name: str) -> dict:
     """{key: official value} of deviation ``name``."""
-    key, value, _ = DEVIATIONS[name]
-    return {key: value}
+    return dict(DEVIATIONS[name][0])
 
 
 def specs(chosen: dict[str, tuning.Choice], names: Sequence[str], seeds: Sequence[int],
@@ -71,10 +72,23 @@ def rows(final: Sequence[Record], chosen: dict[str, tuning.Choice], names: Seque
         for n in names:
             theirs = arm(final, c, official(n))
             diff = paired_gain(theirs, ours)
-            key, value, what = DEVIATIONS[n]
-            out.append([c.method, f"`{key}={value}`: {what}", str(diff.n if diff else 0),
+            sets = ", ".join(f"`{k}={v}`" for k, v in official(n).items())
+            out.append([c.method, f"{sets}: {DEVIATIONS[n][1]}", str(diff.n if diff else 0),
                         fmt(stat(ours, acc("acc_fused")), 100), fmt(stat(theirs, acc("acc_fused")), 100),
                         stats.fmt_diff(diff) if diff else DASH])
+    return out
+
+
+def remix_rows(final: Sequence[Record], chosen: dict[str, tuning.Choice], names: Sequence[str]) -> list[list[str]]:
+    """Remix over the baseline with both at avremix's defaults, then with both at each deviation's official value."""
+    if not {"remix", "baseline"} <= set(chosen):
+        return []
+    out = []
+    for n in ("", *names):
+        sets = official(n) if n else {}
+        diff = paired_gain(arm(final, chosen["remix"], sets), arm(final, chosen["baseline"], sets))
+        label = ", ".join(f"`{k}={v}`" for k, v in sets.items()) or "avremix's defaults"
+        out.append([label, str(diff.n if diff else 0), stats.fmt_diff(diff) if diff else DASH])
     return out
 
 
@@ -83,8 +97,13 @@ def markdown(final: Sequence[Record], chosen: dict[str, tuning.Choice], names: S
             "Test accuracy (%, fused, checkpoint selected on validation), mean ± sample std over seeds, each method at "
             "its tuned setting; official − avremix: per-seed paired difference in points, mean ± std, then the 95 % "
             "bootstrap interval over test clips (`*`: excludes 0). `python -m experiments.deviations`.\n\n")
-    table = markdown_table(["method", "official value (the rest as avremix)", "seeds", "avremix default",
+    table = markdown_table(["method", "official value(s) (the rest as avremix)", "seeds", "avremix default",
                             "official value", "official − avremix"], rows(final, chosen, names))
+    gains = remix_rows(final, chosen, names)
+    if gains:
+        table += ("\n\n## Remix over the official baseline, both with the same choices\n\nRemix − baseline, fused test "
+                  "accuracy (points), paired by seed, mean ± std [95 % bootstrap interval over test clips].\n\n"
+                  + markdown_table(["both with", "seeds", "Remix − baseline"], gains))
     picked = selection.per_seed([r for r in final if not r.overrides])  # the chosen settings' plain runs
     return head + table + "\n\n" + (selection.markdown(picked, "concat") if picked else "")
 

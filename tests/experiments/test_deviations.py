@@ -1,6 +1,8 @@
 """experiments.deviations (and experiments.selection.chosen_runs): the official values' arms against the tuned runs."""
 from __future__ import annotations
 
+import dataclasses
+
 from experiments import deviations, tuning
 from experiments.records import Record
 from experiments.selection import chosen_runs
@@ -40,6 +42,23 @@ def test_the_official_arm_is_paired_with_the_tuned_run_of_each_seed():
     assert row[5].startswith("-5.00 ± 7.07 [")  # official - avremix, per seed: -10 and 0 points
 
 
+def test_remix_over_the_baseline_is_paired_within_each_arm():
+    def remix(seed, acc, right, **extra):
+        r = record(seed, acc, right=right, **{"train.warmup_epochs": 4, **extra})
+        overrides = {k: v for k, v in r.overrides.items() if k != "train.weight_decay"}  # remix tunes warm-up
+        return dataclasses.replace(r, method="remix", name="r" + r.name, overrides=overrides)
+
+    squash = {"train.eval_resize": "squash"}
+    runs = [record(0, 0.50, right="1100"), record(1, 0.75, right="1110"),
+            remix(0, 0.75, "1110"), remix(1, 1.00, "1111"),  # +25 points at each seed with the defaults
+            record(0, 0.50, right="1100", **squash), remix(0, 0.25, "1000", **squash)]  # -25 with the squash
+    chosen = tuning.select(runs, methods=["baseline", "remix"])
+    rows = deviations.remix_rows(tuning.final_view(runs, chosen), chosen, ["eval_resize", "bn_init"])
+    assert [r[:2] for r in rows] == [["avremix's defaults", "2"], ["`train.eval_resize=squash`", "1"],
+                                     ["`train.bn_init=normal`", "0"]]
+    assert rows[0][2].startswith("+25.00 ± 0.00 [") and rows[1][2].startswith("-25.00") and rows[2][2] == "—"
+
+
 def test_specs_run_each_chosen_method_at_its_setting_with_one_official_value():
     chosen = tuning.select([record(0, 0.6)], methods=["baseline"])
     specs = deviations.specs(chosen, ["eval_resize", "bn_init"], [0, 1])
@@ -48,6 +67,9 @@ def test_specs_run_each_chosen_method_at_its_setting_with_one_official_value():
         assert s.method == "baseline" and s.fusion == "concat"
         assert set(tuning.DATA) <= set(s.sets) and "train.lr=0.001" in s.sets
         assert sum(x in s.sets for x in ('train.eval_resize="squash"', 'train.bn_init="normal"')) == 1
+    [every] = deviations.specs(chosen, ["all"], [0])  # the presets' combination: each official value at once
+    assert {'train.eval_resize="squash"', "train.bn_split=2", 'features.spectrogram="linear"'} <= set(every.sets)
+    assert len(deviations.official("all")) == len(deviations.DEVIATIONS) - 1
 
 
 def test_specs_skip_the_seeds_an_earlier_commit_ran():
