@@ -58,6 +58,11 @@ def specs(chosen: dict[str, tuning.Choice], names: Sequence[str], seeds: Sequenc
     return out
 
 
+def label(sets: dict) -> str:
+    """``key=value`` assignments as markdown code, comma-separated."""
+    return ", ".join(f"`{k}={v}`" for k, v in sets.items())
+
+
 def arm(records: Sequence[Record], choice: tuning.Choice, overrides: dict) -> list[Record]:
     """The runs of ``choice``'s method and fusion whose remaining overrides (``tuning.final_view``'s) are exactly
     ``overrides``, newest per seed."""
@@ -72,8 +77,7 @@ def rows(final: Sequence[Record], chosen: dict[str, tuning.Choice], names: Seque
         for n in names:
             theirs = arm(final, c, official(n))
             diff = paired_gain(theirs, ours)
-            sets = ", ".join(f"`{k}={v}`" for k, v in official(n).items())
-            out.append([c.method, f"{sets}: {DEVIATIONS[n][1]}", str(diff.n if diff else 0),
+            out.append([c.method, f"{label(official(n))}: {DEVIATIONS[n][1]}", str(diff.n if diff else 0),
                         fmt(stat(ours, acc("acc_fused")), 100), fmt(stat(theirs, acc("acc_fused")), 100),
                         stats.fmt_diff(diff) if diff else DASH])
     return out
@@ -87,8 +91,8 @@ def remix_rows(final: Sequence[Record], chosen: dict[str, tuning.Choice], names:
     for n in ("", *names):
         sets = official(n) if n else {}
         diff = paired_gain(arm(final, chosen["remix"], sets), arm(final, chosen["baseline"], sets))
-        label = ", ".join(f"`{k}={v}`" for k, v in sets.items()) or "avremix's defaults"
-        out.append([label, str(diff.n if diff else 0), stats.fmt_diff(diff) if diff else DASH])
+        out.append([label(sets) or "avremix's defaults", str(diff.n if diff else 0),
+                    stats.fmt_diff(diff) if diff else DASH])
     return out
 
 

@@ -157,10 +157,10 @@ LINEAR_EPS = 1e-7  # added to the STFT magnitude before the natural log (OGM-GE'
 
 
 @functools.lru_cache(maxsize=4)
-def _window(n_fft: int):
-    import torch
+def _linear_transform(cfg: FeatureConfig):
+    import torchaudio
 
-    return torch.hann_window(n_fft)
+    return torchaudio.transforms.Spectrogram(n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=1.0)  # magnitude
 
 
 def log_linear(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -171,9 +171,7 @@ def log_linear(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
     with torch.inference_mode():
         x = torch.from_numpy(np.clip(np.ascontiguousarray(wave, dtype=np.float32), -1.0, 1.0))
-        spec = torch.stft(x, cfg.n_fft, cfg.hop_length, window=_window(cfg.n_fft), center=True,
-                          pad_mode="reflect", return_complex=True).abs()  # [F, L]
-        return torch.log(spec + LINEAR_EPS).numpy().astype(np.float16)
+        return torch.log(_linear_transform(cfg)(x) + LINEAR_EPS).numpy().astype(np.float16)  # [F, L]
 
 
 def spectrogram(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
